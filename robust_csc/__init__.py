@@ -1,0 +1,7 @@
+"""robust-csc: convolutional sparse coding networks and their robustness."""
+
+from robust_csc.errors import RobustCSCError
+
+__version__ = "0.1.0"
+
+__all__ = ["RobustCSCError", "__version__"]

@@ -1,0 +1,9 @@
+"""Normalisation statistics shared by data sets and models (no imports, no logic)."""
+
+# CIFAR statistics used by the SDNet recipe (reference facts, training recipe).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+# The standard ImageNet statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
