@@ -58,18 +58,23 @@ GEMM_MAX_PATCH = 160
 
 def _use_gemm(t: Tensor, weight: Tensor) -> bool:
     patch = weight.shape[1] * weight.shape[2] * weight.shape[3]
-    return (
-        t.device.type == "cpu"
-        and patch <= GEMM_MAX_PATCH
-        and not (t.shape[1] > 1 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous())
-    )
+    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return t.device.type == "cpu" and patch <= GEMM_MAX_PATCH and not channels_last
 
 
-def synthesis(z: Tensor, weight: Tensor, stride: int, padding: int, x_size: tuple[int, int]) -> Tensor:
-    """A z: the image that the code z synthesises (conv_transpose2d)."""
+# The solver keeps codes in one of two layouts: (B, C, H', W') for torch's
+# convolutions, or flat (B, C, H'*W') on the matrix-product path.  Flat codes
+# are never views, so in-place ops on them are safe under autograd (in-place
+# ops on a view make autograd copy the whole base tensor back: CopySlices).
+
+
+def _synthesis_op(z: Tensor, weight: Tensor, stride: int, padding: int, x_size: tuple[int, int]) -> Tensor:
+    """A z for a code in either layout; returns an image (B, C_in, H, W)."""
     k = weight.shape[-1]
-    if _use_gemm(z, weight):
-        cols = torch.matmul(weight.flatten(1).t(), z.flatten(2))  # (B, C_in*k*k, H'*W')
+    if z.dim() == 3:
+        w = weight.flatten(1).t()  # (C_in*k*k, C_out)
+        # bmm over an expanded weight: torch.matmul(2-D, 3-D) transposes and copies code-sized tensors
+        cols = torch.bmm(w.expand(z.shape[0], *w.shape), z)  # (B, C_in*k*k, H'*W')
         return F.fold(cols, x_size, k, padding=padding, stride=stride)
     op = (
         output_padding_for(x_size[0], z.shape[-2], k, stride, padding),
@@ -78,17 +83,31 @@ def synthesis(z: Tensor, weight: Tensor, stride: int, padding: int, x_size: tupl
     return F.conv_transpose2d(z, weight, stride=stride, padding=padding, output_padding=op)
 
 
+def _analysis_op(x: Tensor, weight: Tensor, stride: int, padding: int, bias: Tensor | None, flat: bool) -> Tensor:
+    """A^T x + bias, as a flat (B, C_out, H'*W') code when flat, else 4-D."""
+    if flat:
+        cols = F.unfold(x, weight.shape[-1], padding=padding, stride=stride)  # (B, C_in*k*k, H'*W')
+        atoms = weight.flatten(1)
+        out = torch.bmm(atoms.expand(x.shape[0], *atoms.shape), cols)
+        return out if bias is None else out.add_(bias.view(1, -1, 1))
+    return F.conv2d(x, weight, bias, stride=stride, padding=padding)
+
+
+def synthesis(z: Tensor, weight: Tensor, stride: int, padding: int, x_size: tuple[int, int]) -> Tensor:
+    """A z: the image that the code z (B, C_out, H', W') synthesises (conv_transpose2d)."""
+    if _use_gemm(z, weight):
+        return _synthesis_op(z.flatten(2), weight, stride, padding, x_size)
+    return _synthesis_op(z, weight, stride, padding, x_size)
+
+
 def analysis(x: Tensor, weight: Tensor, stride: int, padding: int, bias: Tensor | None = None) -> Tensor:
     """A^T x (+ bias per channel): the adjoint of synthesis (conv2d)."""
-    if _use_gemm(x, weight):
-        k = weight.shape[-1]
-        h, w = code_size((x.shape[-2], x.shape[-1]), k, stride, padding)
-        cols = F.unfold(x, k, padding=padding, stride=stride)  # (B, C_in*k*k, H'*W')
-        out = torch.matmul(weight.flatten(1), cols)
-        if bias is not None:
-            out = out.add_(bias.view(1, -1, 1))
-        return out.view(x.shape[0], weight.shape[0], h, w)
-    return F.conv2d(x, weight, bias, stride=stride, padding=padding)
+    flat = _use_gemm(x, weight)
+    out = _analysis_op(x, weight, stride, padding, bias, flat)
+    if flat:
+        h, w = code_size((x.shape[-2], x.shape[-1]), weight.shape[-1], stride, padding)
+        out = out.view(x.shape[0], weight.shape[0], h, w)
+    return out
 
 
 def code_size(x_size: tuple[int, int], kernel: int, stride: int, padding: int) -> tuple[int, int]:
@@ -133,7 +152,8 @@ def _prox_(v: Tensor, threshold: LambdaValue | None, non_negative: bool) -> Tens
     """Soft-thresholding (then ReLU when non-negative), in place where possible.
 
     threshold None means it was already subtracted through the conv bias
-    (non-negative case only).
+    (non-negative case only).  In place because on the CPU a fresh code-sized
+    buffer costs page faults; v is never a view, so autograd allows it.
     """
     if non_negative:
         if threshold is not None:
@@ -170,23 +190,25 @@ def csc_encode(
     if iteration not in ITERATIONS:
         raise RobustCSCError(f"unknown CSC iteration {iteration!r}; use one of {', '.join(ITERATIONS)}")
     x_size = (x.shape[-2], x.shape[-1])
+    flat = _use_gemm(x, weight)
     eta = step_size
     # prox of the elastic net: shrink * softshrink(v, lam * eta), shrink = 1 / (1 + mu * eta)
     shrink = 1.0 / (1.0 + mu * eta) if mu else 1.0
     w_step = weight * (eta * shrink)  # folds eta and the scaling into the conv
+    bias = None
     if isinstance(lam, Tensor):
-        threshold = (lam * (eta * shrink)).to(x.dtype).view(-1, 1, 1, 1)
-        bias = None
+        threshold = (lam * (eta * shrink)).to(x.dtype).view(-1, 1, 1) if flat else None
+        if threshold is None:
+            threshold = (lam * (eta * shrink)).to(x.dtype).view(-1, 1, 1, 1)
     else:
         threshold = lam * eta * shrink
-        bias = None
         if non_negative:
             # relu(conv(x) - t) == relu(conv(x, bias=-t)): the bias add is free in the conv
-            t = threshold if isinstance(threshold, Tensor) else torch.tensor(threshold)
+            t = threshold if isinstance(threshold, Tensor) else torch.tensor(threshold, dtype=weight.dtype)
             bias = (-t).to(device=x.device, dtype=weight.dtype).expand(weight.shape[0])
-    fused = bias is not None
+    rest = None if bias is not None else threshold
 
-    z = _prox_(analysis(x, w_step, stride, padding, bias), None if fused else threshold, non_negative)
+    z = _prox_(_analysis_op(x, w_step, stride, padding, bias, flat), rest, non_negative)
     z_prev = None
     t_momentum = 1.0
     for k in range(1, n_steps):
@@ -199,14 +221,13 @@ def csc_encode(
             if k == 1:
                 t_momentum = (1.0 + math.sqrt(5.0)) / 2.0
         grad_point = y if iteration == "fista" else z
-        residual = x - synthesis(grad_point, weight, stride, padding, x_size)
-        v = analysis(residual, w_step, stride, padding, bias)
-        if isinstance(shrink, Tensor) or shrink != 1.0:
-            v = v.add_(y * shrink)
-        else:
-            v = v.add_(y)
+        residual = x - _synthesis_op(grad_point, weight, stride, padding, x_size)
+        v = _analysis_op(residual, w_step, stride, padding, bias, flat)
+        v = v.add_(y * shrink if (isinstance(shrink, Tensor) or shrink != 1.0) else y)
         z_prev = z
-        z = _prox_(v, None if fused else threshold, non_negative)
+        z = _prox_(v, rest, non_negative)
+    if flat:
+        z = z.view(x.shape[0], weight.shape[0], *code_size(x_size, weight.shape[-1], stride, padding))
     return z
 
 
@@ -248,6 +269,8 @@ def check_lambda(value: LambdaValue) -> LambdaValue:
         if bool(bad.any()):
             raise RobustCSCError("every lambda must be a finite number >= 0; fix the per-sample lambda tensor")
         return value.detach()
+    if isinstance(value, (str, bytes, bool)):
+        raise RobustCSCError(f"lambda must be a number, got {value!r}; pass e.g. 0.1")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -327,6 +350,7 @@ class CSCConv2d(nn.Module):
         # Not state: the power-iteration vectors per input size, and the eval-mode cache.
         self._power_vectors: dict[tuple, Tensor] = {}
         self._eval_step: dict[tuple, Tensor] = {}
+        self._eval_snapshot: Tensor | None = None
         self.power_iteration_count = 0  # how many times power iteration ran (tests read it)
         self.reset_parameters()
 
@@ -354,11 +378,9 @@ class CSCConv2d(nn.Module):
         weight = weight.detach()
         shape_key = (x_size, weight.device, weight.dtype)
         if not self.training:
-            # the parameter's version counter moves on every in-place change
-            # (optimizer step, load_state_dict), so the cache can never go stale
             key = (shape_key, self.weight._version, self.weight.data_ptr())
             cached = self._eval_step.get(key)
-            if cached is not None:
+            if cached is not None and self._snapshot_matches(weight):
                 return cached
         v0 = self._power_vectors.get(shape_key)
         warm = v0 is not None and self.training
@@ -376,7 +398,29 @@ class CSCConv2d(nn.Module):
         eta = STEP_SIZE_MARGIN / lipschitz.clamp_min(1e-12)
         if not self.training:
             self._eval_step = {key: eta}  # one entry: the current weight and input size
+            self._eval_snapshot = weight.clone() if weight.device.type == "cpu" else None
         return eta
+
+    def _snapshot_matches(self, weight: Tensor) -> bool:
+        """Whether the dictionary is the one the cached step size was computed for.
+
+        The version counter sees optimizer steps and load_state_dict, but not
+        writes through ``weight.data``.  On the CPU a comparison with a snapshot
+        of the (small) dictionary costs nothing, so it is done; on a GPU it
+        would synchronise every batch, so there call ``reset_step_size()``
+        after writing through ``.data``.
+        """
+        snapshot = self._eval_snapshot
+        return snapshot is None or torch.equal(snapshot, weight)
+
+    def reset_step_size(self) -> None:
+        """Forget the cached step size (needed only after writes through weight.data on a GPU)."""
+        self._eval_step = {}
+        self._eval_snapshot = None
+
+    def train(self, mode: bool = True) -> "CSCConv2d":
+        self.reset_step_size()  # weights may have changed while in the other mode
+        return super().train(mode)
 
     def lipschitz(self, x_size: tuple[int, int]) -> float:
         """||A||^2 for an input of size x_size, converged (for inspection and tests)."""

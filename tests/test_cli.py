@@ -1,0 +1,154 @@
+"""The robust-csc command line: verbs, and one-line errors with exit code 2 for user mistakes."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from robust_csc.cli import main
+from robust_csc.models import create_model
+from robust_csc.models.checkpoints import read_metadata, save_checkpoint
+
+_SCRIPT = Path(sys.executable).with_name("robust-csc")
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "robust_csc.cli"]
+
+
+def cli(*args, cwd=None):
+    """Run the installed console script, as a user would."""
+    return subprocess.run([*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def run_main(capsys, *args):
+    """main() in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (0 if code is None else code), out, err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, create_model("sdnet18", width=4), dataset="digits", training={"epochs_done": 1})
+    return path
+
+
+# ---------------------------------------------------------------- working verbs
+
+
+def test_models_lists_the_zoo(capsys):
+    code, out, _ = run_main(capsys, "models")
+    names = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and "sdnet18" in names and "resnet18" in names and "sdnet34_all" in names
+
+
+def test_info_prints_metadata_as_json(capsys, checkpoint):
+    code, out, _ = run_main(capsys, "info", checkpoint)
+    meta = json.loads(out)
+    assert code == 0 and meta["arch"] == "sdnet18" and meta["dataset"] == "digits"
+    assert meta["arguments"]["width"] == 4 and len(meta["sha256"]) == 64 and meta["parameters"] > 0
+
+
+def test_train_writes_a_checkpoint_and_resumes(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    args = ["train", "--model", "resnet18", "--dataset", "digits", "--out", out_dir, "--epochs", "1",
+            "--width", "4", "--batch-size", "256", "--lr", "0.05", "--no-progress"]
+    code, out, err = run_main(capsys, *args)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("epoch 1/1 train_loss ")
+    assert out.splitlines()[-1].startswith(f"done {out_dir / 'model.safetensors'} test_acc ")
+    meta = read_metadata(out_dir / "model.safetensors")
+    assert meta["arch"] == "resnet18" and meta["training"]["recipe"]["batch_size"] == 256
+    # the same command again finds the finished run and trains nothing
+    code, out, _ = run_main(capsys, *args)
+    assert code == 0 and out.splitlines()[0].startswith(f"resuming {out_dir} after epoch 1/1")
+    assert not any(line.startswith("epoch ") for line in out.splitlines())
+
+
+def _official_like(path):
+    """An SDNet state_dict under the official code's names (layer0.0.dn.weight for the stem)."""
+    state = create_model("sdnet18", width=4).state_dict()
+    renamed = {}
+    for key, value in state.items():
+        if key == "stem.0.weight":
+            key = "layer0.0.dn.weight"
+        elif key.startswith("stem."):
+            key = "layer0." + key[len("stem."):]
+        renamed[key] = value
+    torch.save({"state_dict": renamed}, path)
+
+
+def test_convert_official_then_force(capsys, tmp_path):
+    src, dst = tmp_path / "official.pt", tmp_path / "converted.safetensors"
+    _official_like(src)
+    code, out, err = run_main(capsys, "convert-official", src, dst, "--arch", "sdnet18", "--dataset", "cifar10")
+    assert code == 0, err
+    assert out.startswith(f"wrote {dst} arch sdnet18 num_classes 10")
+    assert read_metadata(dst)["dataset"] == "cifar10"
+    code, _, err = run_main(capsys, "convert-official", src, dst, "--arch", "sdnet18", "--force")
+    assert code == 0, err
+    assert read_metadata(dst)["dataset"] is None
+
+
+# ---------------------------------------------------------------- user errors: one line, exit code 2
+
+
+def test_unknown_model(tmp_path):
+    proc = cli("train", "--model", "sdnet99", "--dataset", "digits", "--out", tmp_path / "x")
+    assert_user_error(proc, "unknown model", "sdnet18")
+    assert not (tmp_path / "x").exists()
+
+
+def test_negative_lambda(tmp_path):
+    proc = cli("train", "--model", "sdnet18", "--dataset", "digits", "--lam", "-1", "--out", tmp_path / "x")
+    assert_user_error(proc, "lambda")
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_cifar_folder(tmp_path):
+    proc = cli("train", "--model", "resnet18", "--dataset", "cifar10", "--width", "4",
+               "--data-root", tmp_path / "nowhere", "--out", tmp_path / "x")
+    assert_user_error(proc, "CIFAR-10", "--download")
+
+
+def test_info_on_truncated_checkpoint(tmp_path, checkpoint):
+    cut = tmp_path / "cut.safetensors"
+    shutil.copy(checkpoint, cut)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    before = cut.read_bytes()
+    proc = cli("info", cut)
+    assert_user_error(proc, "truncated")
+    assert cut.read_bytes() == before
+
+
+def test_convert_official_refuses_to_overwrite(tmp_path):
+    src, dst = tmp_path / "official.pt", tmp_path / "keep.safetensors"
+    _official_like(src)
+    dst.write_bytes(b"precious")
+    proc = cli("convert-official", src, dst, "--arch", "sdnet18")
+    assert_user_error(proc, "already exists", "--force")
+    assert dst.read_bytes() == b"precious"
+
+
+def test_errors_in_process_are_one_line_too(capsys, tmp_path):
+    code, out, err = run_main(capsys, "info", tmp_path / "absent.safetensors")
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_usage_errors_exit_2_without_traceback(capsys):
+    code, _, err = run_main(capsys, "train", "--model")
+    assert code == 2 and "Traceback" not in err
