@@ -79,7 +79,7 @@ def train(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder for both checkpoints."),
-    quick: bool = typer.Option(False, "--quick", help="3 epochs on a third of the data (a smoke test)."),
+    quick: bool = typer.Option(False, "--quick", help="4 epochs instead of 15 (a smoke test)."),
 ) -> None:
     """Train SDNet-18 and ResNet-18 on the embedded digits set and sweep lambda (a few minutes on a CPU)."""
     from robust_csc.demo import run_demo

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
@@ -334,31 +334,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-_DTYPES = {str(t): t for t in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
-
-
 def _csc_solver_state(model: nn.Module) -> dict:
-    """Each CSC layer's power-iteration vectors (its warm start) as plain entries.
-
-    They are not in the state_dict, but every training step starts its power
-    iteration from them; without them a resumed run would drift from an
-    uninterrupted one.
-    """
-    out = {}
-    for name, layer in csc_layers(model).items():
-        out[name] = [
-            [int(size[0]), int(size[1]), str(dtype), vector.detach().cpu()]
-            for (size, _device, dtype), vector in layer._power_vectors.items()
-        ]
-    return out
+    """Each CSC layer's power-iteration warm start: not in the state_dict, but
+    without it a resumed run would drift from an uninterrupted one."""
+    return {name: layer.solver_state() for name, layer in csc_layers(model).items()}
 
 
 def _load_csc_solver_state(model: nn.Module, state: dict) -> None:
     for name, layer in csc_layers(model).items():
-        device = layer.weight.device
-        layer._power_vectors = {
-            ((h, w), device, _DTYPES[dtype]): vector.to(device) for h, w, dtype, vector in state.get(name, [])
-        }
+        layer.load_solver_state(state.get(name, []))
 
 
 def state_hash(model_or_state: nn.Module | dict) -> str:

@@ -152,3 +152,19 @@ def test_errors_in_process_are_one_line_too(capsys, tmp_path):
 def test_usage_errors_exit_2_without_traceback(capsys):
     code, _, err = run_main(capsys, "train", "--model")
     assert code == 2 and "Traceback" not in err
+
+
+def test_demo_quick(capsys, tmp_path):
+    code, out, err = run_main(capsys, "demo", "--quick", "--out", tmp_path / "demo")
+    assert code == 0, err
+    # table rows: "<model or lambda> <clean> <noisy>"
+    rows = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and all(f.replace(".", "", 1).isdigit() for f in fields[1:]):
+            rows[fields[0]] = fields[1:]
+    # both models learn even in 4 epochs (chance is 0.1); the full demo reaches > 0.98
+    assert float(rows["sdnet18"][0]) > 0.8 and float(rows["resnet18"][0]) > 0.8
+    assert all(lam in rows for lam in ("0.05", "0.1", "0.2", "0.5", "1"))
+    for arch in ("sdnet18", "resnet18"):
+        assert (tmp_path / "demo" / arch / "model.safetensors").is_file()
