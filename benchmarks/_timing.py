@@ -1,4 +1,4 @@
-"""Interleaved timing: alternating A and B cancels slow drifts in machine load."""
+"""Interleaved timing: running the candidates round-robin cancels slow drifts in machine load."""
 
 from __future__ import annotations
 
@@ -7,16 +7,36 @@ import time
 from typing import Callable
 
 
+def time_rounds(fns: list[Callable[[], object]], repeats: int = 10, warmup: int = 2) -> list[list[float]]:
+    """Seconds of each function in each round; the order rotates every round."""
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(repeats):
+        for j in range(len(fns)):
+            k = (i + j) % len(fns)
+            start = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - start)
+    return times
+
+
+def time_many(fns: list[Callable[[], object]], repeats: int = 10, warmup: int = 2) -> list[float]:
+    """Median seconds of each function, run round-robin."""
+    return [statistics.median(t) for t in time_rounds(fns, repeats, warmup)]
+
+
+def ratio_of(baseline: list[float], candidate: list[float]) -> float:
+    """Median over rounds of baseline time / candidate time (a throughput ratio).
+
+    Each round's two runs were adjacent in time, so their ratio is far less
+    sensitive to load on the machine than a ratio of separate medians.
+    """
+    return statistics.median(b / c for b, c in zip(baseline, candidate))
+
+
 def time_pair(a: Callable[[], object], b: Callable[[], object], repeats: int = 10, warmup: int = 2) -> tuple[float, float]:
     """Median seconds of a() and b(), run alternately."""
-    for _ in range(warmup):
-        a()
-        b()
-    ta, tb = [], []
-    for i in range(repeats):
-        order = (a, b) if i % 2 == 0 else (b, a)
-        for f in order:
-            start = time.perf_counter()
-            f()
-            (ta if f is a else tb).append(time.perf_counter() - start)
-    return statistics.median(ta), statistics.median(tb)
+    ta, tb = time_many([a, b], repeats, warmup)
+    return ta, tb

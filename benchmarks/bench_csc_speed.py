@@ -12,10 +12,8 @@ conv_transpose2d, separate soft-threshold and ReLU passes) is timed as well.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import time_pair  # noqa: E402
+from _timing import ratio_of, time_rounds  # noqa: E402
 
 from robust_csc.csc import CSCConv2d  # noqa: E402
 from robust_csc.models import create_model  # noqa: E402
+from robust_csc.runtime import keep_freed_memory  # noqa: E402
 
 
 class StraightCSC(nn.Module):
@@ -93,6 +92,14 @@ def layer_step(module, x, train: bool):
     return step
 
 
+def _ms(candidate: list[float], baseline: list[float]) -> str:
+    return f"{statistics.median(candidate) * 1e3:.1f} ms vs {statistics.median(baseline) * 1e3:.1f} ms"
+
+
+def _imgs(batch: int, candidate: list[float], baseline: list[float]) -> str:
+    return f"{batch / statistics.median(candidate):.0f} vs {batch / statistics.median(baseline):.0f} img/s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -116,38 +123,35 @@ def main() -> None:
         train = mode == "train"
         for m in (conv, csc, straight):
             m.train(train)
-        t_conv, t_csc = time_pair(
-            synced(layer_step(conv, x, train), device), synced(layer_step(csc, x, train), device), args.repeats
-        )
-        _, t_straight = time_pair(
-            synced(layer_step(conv, x, train), device), synced(layer_step(straight, x, train), device), args.repeats
-        )
-        rows.append((f"layer {mode}: CSCConv2d / Conv2d time", t_csc / t_conv, f"{t_csc*1e3:.1f} ms vs {t_conv*1e3:.1f} ms"))
-        rows.append((f"layer {mode}: straight CSC / Conv2d time", t_straight / t_conv, f"{t_straight*1e3:.1f} ms"))
+        t_conv, t_csc, t_straight = time_rounds([synced(layer_step(m, x, train), device) for m in (conv, csc, straight)], args.repeats)
+        rows.append((f"layer {mode}: CSCConv2d / Conv2d time", 1 / ratio_of(t_conv, t_csc), _ms(t_csc, t_conv)))
+        rows.append((f"layer {mode}: straight CSC / Conv2d time", 1 / ratio_of(t_conv, t_straight), _ms(t_straight, t_conv)))
 
     resnet = create_model("resnet18").to(device)
     sdnet = create_model("sdnet18").to(device)
-    for mode in ("eval", "train"):
-        resnet.train(mode == "train")
-        sdnet.train(mode == "train")
-        if mode == "eval":
-            t_r, t_s = time_pair(synced(eval_step(resnet, x), device), synced(eval_step(sdnet, x), device), args.repeats)
-        else:
-            t_r, t_s = time_pair(
-                synced(train_step(resnet, x, y), device), synced(train_step(sdnet, x, y), device), args.repeats
-            )
+    straight_model = create_model("sdnet18").to(device)
+    straight_model.load_state_dict(sdnet.state_dict())
+    straight_model.stem[0] = StraightCSC(straight_model.stem[0])
+    models = (resnet, sdnet, straight_model)
+    with torch.no_grad():  # BatchNorm statistics of real activations, as in a trained model
+        for m in models:
+            m.train()
+            for _ in range(3):
+                m(x)
+    for m in models:
+        m.eval()
+    t_r, t_s, t_st = time_rounds([synced(eval_step(m, x), device) for m in models], args.repeats)
+    rows.append(("model eval: sdnet18 / resnet18 throughput", ratio_of(t_r, t_s), _imgs(args.batch, t_s, t_r)))
+    rows.append(("model eval: straight-sdnet18 / resnet18 throughput", ratio_of(t_r, t_st), _imgs(args.batch, t_st, t_r)))
+    for m in models:
+        m.train()
+    t_r, t_s = time_rounds([synced(train_step(m, x, y), device) for m in (resnet, sdnet)], args.repeats)
+    rows.append(("model train: sdnet18 / resnet18 throughput", ratio_of(t_r, t_s), _imgs(args.batch, t_s, t_r)))
+    if device.type == "cpu" and keep_freed_memory():  # what `robust-csc train` does on the CPU
+        t_r, t_s = time_rounds([synced(train_step(m, x, y), device) for m in (resnet, sdnet)], args.repeats)
         rows.append(
-            (
-                f"model {mode}: sdnet18 / resnet18 throughput",
-                t_r / t_s,
-                f"{args.batch / t_s:.0f} vs {args.batch / t_r:.0f} img/s",
-            )
+            ("model train, freed memory kept: sdnet18 / resnet18", ratio_of(t_r, t_s), _imgs(args.batch, t_s, t_r))
         )
-    # the straight layer inside sdnet18, for scale
-    straight_sdnet = create_model("sdnet18").to(device).eval()
-    straight_sdnet.stem[0] = StraightCSC(straight_sdnet.stem[0])
-    t_r, t_s = time_pair(synced(eval_step(resnet, x), device), synced(eval_step(straight_sdnet, x), device), args.repeats)
-    rows.append(("model eval: straight-sdnet18 / resnet18 throughput", t_r / t_s, f"{args.batch / t_s:.0f} img/s"))
 
     width = max(len(r[0]) for r in rows)
     for name, ratio, detail in rows:

@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from robust_csc.runtime import keep_freed_memory
 from robust_csc.csc import csc_layers
 from robust_csc.data import dataset_info, load_dataset, make_loader
 from robust_csc.errors import RobustCSCError
@@ -495,6 +496,8 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> d
     if (amp or channels_last) and not use_cuda:
         raise RobustCSCError("mixed precision and channels_last need a CUDA device; turn them off or use a GPU")
 
+    if not use_cuda:
+        keep_freed_memory()  # ~10% faster CPU steps: no page faults on every activation
     ctx = _init_distributed(use_cuda)
     try:
         if ctx.enabled and use_cuda:

@@ -1,0 +1,34 @@
+"""Process-level settings for fast CPU training (opt-in, Linux/glibc only)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc refuses larger values on 64-bit
+_TRIM_THRESHOLD = 2**30
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed memory for reuse instead of handing it back to the OS.
+
+    By default glibc unmaps or trims large freed blocks, so every training step
+    page-faults its activations and gradients back in (zeroed by the kernel);
+    measured here that is ~10% of a ResNet-18 CIFAR step on 2 cores, and more
+    for networks with unrolled layers, which allocate more code-sized tensors.
+    Returns True when the settings were applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
