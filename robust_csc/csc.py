@@ -7,10 +7,10 @@ For an input x the layer returns a code z that approximately solves
 with A = conv_transpose2d(., W) (synthesis) and A^T = conv2d(., W) (analysis),
 by a few unrolled proximal-gradient steps with step size eta = 0.9 / ||A||^2.
 
-Speed: the cost of the layer is memory traffic over the code tensor, not the
-convolutions (few input channels).  So the step size, the elastic-net scaling
-and the threshold are folded into the convolution's weight and bias, and every
-step is one conv, one in-place add and one in-place ReLU.
+Speed: the step size, the elastic-net scaling and the threshold are folded
+into the convolution's weight and bias, so every step is one convolution, one
+in-place add and one in-place ReLU over the code.  On the CPU the stem's
+convolutions (3-channel patches) run as unfold + batched matrix products.
 """
 
 from __future__ import annotations
@@ -197,9 +197,9 @@ def csc_encode(
     w_step = weight * (eta * shrink)  # folds eta and the scaling into the conv
     bias = None
     if isinstance(lam, Tensor):
-        threshold = (lam * (eta * shrink)).to(x.dtype).view(-1, 1, 1) if flat else None
-        if threshold is None:
-            threshold = (lam * (eta * shrink)).to(x.dtype).view(-1, 1, 1, 1)
+        # one threshold per sample, broadcast over the code's layout
+        per_sample = (lam * (eta * shrink)).to(x.dtype)
+        threshold = per_sample.view(-1, 1, 1) if flat else per_sample.view(-1, 1, 1, 1)
     else:
         threshold = lam * eta * shrink
         if non_negative:

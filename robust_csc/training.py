@@ -39,12 +39,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from robust_csc.runtime import keep_freed_memory
+from robust_csc.atomic import atomic_write
 from robust_csc.csc import csc_layers
 from robust_csc.data import dataset_info, load_dataset, make_loader
 from robust_csc.errors import RobustCSCError
 from robust_csc.models import create_model
 from robust_csc.models.checkpoints import save_checkpoint
+from robust_csc.runtime import keep_freed_memory
 
 RESUME_FORMAT = 1
 LAST_NAME = "last.safetensors"
@@ -398,21 +399,7 @@ def evaluate_accuracy(model: nn.Module, loader, device: torch.device | str | Non
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save into a temporary file, fsync, then rename over path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise RobustCSCError(
-            f"could not write {path} ({err.strerror or err}); check that the folder is writable and the disk not full"
-        ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _read_resume(path: Path) -> dict:

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import robust_csc
+from robust_csc import atomic
 from robust_csc.csc import csc_layers, get_lambda, set_lambda
 from robust_csc.errors import RobustCSCError
 from robust_csc.models import checkpoints, create_model
@@ -125,7 +126,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, sdnet18, monkeypatch, fai
     def fail(fd):  # the new bytes are written to the temporary file, the rename has not happened
         raise failure
 
-    monkeypatch.setattr(checkpoints.os, "fsync", fail)
+    monkeypatch.setattr(atomic.os, "fsync", fail)
     with pytest.raises(KeyboardInterrupt if failure is KeyboardInterrupt else RobustCSCError) as err:
         save_checkpoint(path, sdnet18)
     if failure is not KeyboardInterrupt:

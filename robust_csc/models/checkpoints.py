@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +24,7 @@ from torch import Tensor, nn
 
 from robust_csc import __version__
 from robust_csc.csc import csc_layers, get_lambda, set_lambda
+from robust_csc.atomic import atomic_write
 from robust_csc.errors import RobustCSCError
 from robust_csc.models.registry import create_model, list_models, model_arguments
 
@@ -84,26 +83,8 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write data to a temporary file next to path, then rename it over path.
-
-    An interrupted or failed write leaves path as it was (or absent) and
-    removes the temporary file; the rename is atomic on one file system.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:  # plain open: the usual permissions (save_file would make it 0600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except OSError as err:
-        raise RobustCSCError(
-            f"could not write {path} ({err.strerror or err}); check that the folder is writable and the disk not full"
-        ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # plain bytes through our own writer: safetensors' save_file would make the file 0600
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -229,15 +229,14 @@ def _sdnet_builder(blocks: list[int], all_csc: bool, doc: str):
     return builder
 
 
-sdnet18 = _sdnet_builder([2, 2, 2, 2], False, "SDNet-18: ResNet-18 whose stem convolution is a CSC layer.")
-sdnet18.__name__ = "sdnet18"
-register_model(sdnet18)
-sdnet34 = _sdnet_builder([3, 4, 6, 3], False, "SDNet-34: ResNet-34 whose stem convolution is a CSC layer.")
-sdnet34.__name__ = "sdnet34"
-register_model(sdnet34)
-sdnet18_all = _sdnet_builder([2, 2, 2, 2], True, "SDNet-18-all: every 3x3 convolution is a CSC layer.")
-sdnet18_all.__name__ = "sdnet18_all"
-register_model(sdnet18_all)
-sdnet34_all = _sdnet_builder([3, 4, 6, 3], True, "SDNet-34-all: every 3x3 convolution is a CSC layer.")
-sdnet34_all.__name__ = "sdnet34_all"
-register_model(sdnet34_all)
+def _register_sdnet(name: str, blocks: list[int], all_csc: bool, doc: str) -> None:
+    builder = _sdnet_builder(blocks, all_csc, doc)
+    builder.__name__ = builder.__qualname__ = name
+    register_model(builder)
+    globals()[name] = builder  # importable as robust_csc.models.resnet.<name>
+
+
+_register_sdnet("sdnet18", [2, 2, 2, 2], False, "SDNet-18: ResNet-18 whose stem convolution is a CSC layer.")
+_register_sdnet("sdnet34", [3, 4, 6, 3], False, "SDNet-34: ResNet-34 whose stem convolution is a CSC layer.")
+_register_sdnet("sdnet18_all", [2, 2, 2, 2], True, "SDNet-18-all: every 3x3 convolution is a CSC layer.")
+_register_sdnet("sdnet34_all", [3, 4, 6, 3], True, "SDNet-34-all: every 3x3 convolution is a CSC layer.")
