@@ -387,15 +387,16 @@ class CSCConv2d(nn.Module):
         # to convergence, so the step size is a function of the weights alone
         # and a model gives the same outputs whatever ran before.
         warm = self.training and shape_key in self._power_vectors
-        lipschitz, v = power_iteration(
-            weight,
-            x_size,
-            self.stride,
-            self.padding,
-            v0=self._power_vectors[shape_key] if warm else None,
-            max_iter=self.train_power_iters if warm else self.power_iters,
-            tol=None if warm else self.power_tol,
-        )
+        with torch.autocast(weight.device.type, enabled=False):  # L in full precision under mixed precision
+            lipschitz, v = power_iteration(
+                weight,
+                x_size,
+                self.stride,
+                self.padding,
+                v0=self._power_vectors[shape_key] if warm else None,
+                max_iter=self.train_power_iters if warm else self.power_iters,
+                tol=None if warm else self.power_tol,
+            )
         self.power_iteration_count += 1
         self._power_vectors[shape_key] = v
         eta = STEP_SIZE_MARGIN / lipschitz.clamp_min(1e-12)

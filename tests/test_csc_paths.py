@@ -42,3 +42,18 @@ def test_layer_values_and_gradients_do_not_depend_on_the_path(monkeypatch):
     library = run()
     for a, b in zip(gemm, library):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_mixed_precision_keeps_the_step_size_in_full_precision():
+    """Under autocast the codes may be half precision, the power iteration may not."""
+    torch.manual_seed(1)
+    layer = csc.CSCConv2d(3, 16, 3, 1, 1).eval()
+    x = torch.rand(4, 3, 16, 16)
+    reference = layer(x)
+    eta = float(layer.step_size((16, 16)))
+    layer.reset_step_size()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = layer(x)
+    assert float(layer.step_size((16, 16))) == eta
+    assert layer.step_size((16, 16)).dtype == torch.float32
+    torch.testing.assert_close(mixed.float(), reference, rtol=0.05, atol=0.02)
