@@ -1,0 +1,334 @@
+"""Evaluate a model on a corruption suite, one committed store row per (lambda setting, cell).
+
+    suite = generated_suite("digits", corruptions=["gaussian_noise"], severities=[1, 5])
+    result = evaluate(model, suite, store="results.sqlite", model_name="sdnet18",
+                      checkpoint_sha256=sha, dataset="digits", clean=generated_clean("digits"))
+    result.tables["trained"]   # corruption x severity accuracies
+
+A cell already in the store is skipped, so an interrupted run is resumed by
+running the same call again: it loses at most the cell that was in flight.
+Under torchrun the pending cells are dealt out round-robin over the ranks;
+each rank writes its own cells (SQLite in WAL mode with a busy timeout lets
+several processes of one machine write the same file).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+import numbers
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from robust_csc.csc import csc_layers, lambda_override, record_stats
+from robust_csc.data.corrupted import CorruptionSuite
+from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
+from robust_csc.evaluation.store import CellKey, ResultsStore
+from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
+
+TRAINED = "trained"  # the lambda setting of a model run with the lambdas it was trained with
+
+
+@dataclass
+class EvalResult:
+    """What evaluate() did and the stored cells of this model, checkpoint, data set and split.
+
+    cells_run: cells evaluated by this call (over all ranks under torchrun);
+    cells_skipped: cells found already stored; frame: ResultsStore.to_frame of
+    this model/checkpoint/dataset/split (earlier runs' lambda settings
+    included); tables / summaries: accuracy_table / summary per requested
+    lambda setting.
+    """
+
+    cells_run: int
+    cells_skipped: int
+    frame: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    summaries: dict[str, dict] = field(default_factory=dict)
+
+
+def lambda_setting_name(value: float | None) -> str:
+    """The store's name of a lambda setting: "trained" for None, else the value as f"{value:g}"."""
+    return TRAINED if value is None else f"{float(value):g}"
+
+
+@dataclass(frozen=True)
+class _Cell:
+    lam: float | None
+    corruption: str
+    severity: int
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_lambdas(lambdas: Iterable[float | None]) -> list[float | None]:
+    if isinstance(lambdas, (str, bytes)) or not isinstance(lambdas, Iterable):
+        lambdas = [lambdas]  # a single value is a one-setting list
+    checked: list[float | None] = []
+    names: dict[str, float | None] = {}
+    for value in lambdas:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+                raise RobustCSCError(f"lambda {value!r} is invalid; pass finite numbers >= 0 (or None for the trained lambdas)")
+            value = float(value)
+        name = lambda_setting_name(value)
+        if name in names:
+            if names[name] != value:  # two values that print alike would share one store row
+                raise RobustCSCError(
+                    f"lambdas {names[name]!r} and {value!r} share the setting name {name!r}; pass values that differ in 6 significant digits"
+                )
+            continue  # a repeated value is one setting
+        names[name] = value
+        checked.append(value)
+    if not checked:
+        raise RobustCSCError("no lambda setting given; pass lambdas=(None,) for the trained lambdas or a list of values")
+    return checked
+
+
+def _check_int(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise RobustCSCError(f"{what} {value!r} is invalid; pass an integer >= {minimum}")
+    return int(value)
+
+
+def _open_store(store: ResultsStore | str | Path) -> tuple[ResultsStore, bool]:
+    """(the store, whether we opened it and so must close it)."""
+    if isinstance(store, ResultsStore):
+        return store, False
+    if isinstance(store, (str, Path)):
+        return ResultsStore(store), True
+    raise RobustCSCError(f"store is a {type(store).__name__}; pass a ResultsStore or the path of a results file")
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------- one cell
+
+
+def _run_cell(
+    model: nn.Module,
+    data: Dataset,
+    lam: float | None,
+    has_csc: bool,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """n, correct, seconds and the stem's mean recon error / code density of one cell."""
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    start = time.perf_counter()
+    # Sums stay on the device: one host sync per cell, not per batch.
+    n = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    recon = torch.zeros((), dtype=torch.float64, device=device)
+    density = torch.zeros((), dtype=torch.float64, device=device)
+    with torch.inference_mode():
+        override = lambda_override(model, lam) if lam is not None else nullcontext()
+        stats = record_stats(model, layers="stem") if has_csc else nullcontext()
+        with override, stats as layers:
+            for batch in loader:
+                images, labels = batch[0], batch[1]
+                images = images.to(device, non_blocking=True)
+                labels = torch.as_tensor(labels).to(device, non_blocking=True)
+                logits = model(images)
+                correct += (logits.argmax(dim=1) == labels).sum()
+                n += int(labels.shape[0])
+                if has_csc:
+                    last = next(iter(layers.values())).last_stats
+                    recon += last.recon_error.sum(dtype=torch.float64)
+                    density += last.code_density.sum(dtype=torch.float64)
+    values: dict[str, Any] = {"n": n, "correct": int(correct.item())}
+    if has_csc and n > 0:
+        values["mean_recon_error"] = recon.item() / n
+        values["mean_code_density"] = density.item() / n
+    values["seconds"] = time.perf_counter() - start
+    return values
+
+
+# ---------------------------------------------------------------- the harness
+
+
+def evaluate(
+    model: nn.Module,
+    suite: CorruptionSuite,
+    *,
+    store: ResultsStore | str | Path,
+    model_name: str,
+    checkpoint_sha256: str,
+    dataset: str,
+    split: str = "test",
+    lambdas: Iterable[float | None] = (None,),
+    clean: Dataset | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate model on every (lambda setting, cell) not yet in store; see the module docstring.
+
+    lambdas: None = the trained lambdas, a number = every CSC layer's lambda
+    set to it; clean: the clean test set (items (image, label, index)), run
+    first as the cell ("none", 0); device: None = where the model already is,
+    else the model is moved there (and left there). The model is run in eval
+    mode and given back in the mode it came in.
+    Each finished cell is committed at once as one store row.
+    """
+    if not isinstance(suite, CorruptionSuite):
+        raise RobustCSCError(f"suite is a {type(suite).__name__}; pass a CorruptionSuite (load_cifar_c, generated_suite, ...)")
+    settings = _check_lambdas(lambdas)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    num_workers = _check_int(num_workers, "num_workers", 0)
+    has_csc = bool(csc_layers(model))
+    if not has_csc and any(lam is not None for lam in settings):
+        raise RobustCSCError(
+            f"{model_name} has no CSC layers, so lambda cannot be set; evaluate it with lambdas=(None,) or use an SDNet model"
+        )
+    config = getattr(model, "config", None)  # create_model records its arguments there
+    arguments = config.get("arguments") if isinstance(config, Mapping) else None
+    config_classes = arguments.get("num_classes") if isinstance(arguments, Mapping) else None
+    if config_classes is not None and config_classes != suite.num_classes:
+        # A model built for another class count would be scored silently wrong.
+        raise RobustCSCError(
+            f"{model_name} has {config_classes} classes but the suite {suite.name} has {suite.num_classes}; "
+            "evaluate a model trained on the suite's data set"
+        )
+    corrupted = [(cell.corruption, cell.severity) for cell in suite.cells()]
+    if not corrupted and clean is None:
+        raise RobustCSCError(f"the suite {suite.name} selects no cells and no clean set was given; select at least one corruption and severity")
+    base_key = CellKey(model_name, checkpoint_sha256, dataset, split)  # checks the identity fields up front
+    device = _model_device(model) if device is None else torch.device(device)
+
+    store, owned = _open_store(store)
+    try:
+        rank, world = _distributed()
+        done = store.done_keys(
+            model=model_name, checkpoint_sha256=checkpoint_sha256, dataset=dataset, split=split, attack="none", epsilon=0.0
+        )
+        cells = [
+            _Cell(lam, corruption, severity)
+            for lam in settings
+            for corruption, severity in ([(CLEAN, 0)] if clean is not None else []) + corrupted
+        ]
+        keys = {cell: _key(base_key, cell) for cell in cells}
+        pending = [cell for cell in cells if keys[cell] not in done]
+        skipped = len(cells) - len(pending)
+        if world > 1:
+            # Rank 0's view decides: ranks reading the store at different moments
+            # would otherwise deal out different lists and could leave cells to nobody.
+            shared = [[i for i, cell in enumerate(cells) if keys[cell] not in done]]
+            dist.broadcast_object_list(shared, src=0)
+            pending = [cells[i] for i in shared[0]]
+            skipped = len(cells) - len(pending)
+        mine = pending[rank::world]
+
+        was_training = model.training
+        model.to(device).eval()
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc=f"{model_name} on {suite.name}", unit="cell")
+        try:
+            for cell in mine:
+                if bar is not None:  # names the cell in flight
+                    bar.set_postfix_str(f"{cell.corruption} {cell.severity} lambda {lambda_setting_name(cell.lam)}")
+                data = clean if cell.corruption == CLEAN else suite.dataset(cell.corruption, cell.severity)
+                values = _run_cell(model, data, cell.lam, has_csc, batch_size, num_workers, device)
+                values["extra"] = {"suite": suite.name, "batch_size": batch_size}
+                if world > 1:  # which process wrote the row, for checking a sharded run
+                    values["extra"]["rank"] = rank
+                store.add(keys[cell], values)  # committed now: a crash loses at most the next cell
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            model.train(was_training)
+
+        if world > 1:
+            dist.barrier()  # every rank's cells are committed before the frame is read
+        frame = store.to_frame(model=model_name, checkpoint_sha256=checkpoint_sha256, dataset=dataset, split=split)
+    finally:
+        if owned:
+            store.close()
+    return _result(frame, model_name, settings, len(pending), skipped)
+
+
+def _key(base: CellKey, cell: _Cell) -> CellKey:
+    return CellKey(
+        base.model,
+        base.checkpoint_sha256,
+        base.dataset,
+        base.split,
+        corruption=cell.corruption,
+        severity=cell.severity,
+        lambda_setting=lambda_setting_name(cell.lam),
+    )
+
+
+def _result(frame: pd.DataFrame, model_name: str, settings: list, run: int, skipped: int) -> EvalResult:
+    tables: dict[str, pd.DataFrame] = {}
+    summaries: dict[str, dict] = {}
+    unattacked = frame[frame["attack"] == "none"]
+    for lam in settings:
+        name = lambda_setting_name(lam)
+        rows = unattacked[unattacked["lambda_setting"] == name]
+        if rows.empty:  # cannot happen after a complete run; kept for a store edited meanwhile
+            continue
+        tables[name] = accuracy_table(rows, model_name)
+        summaries[name] = summary(rows, model_name)
+    return EvalResult(cells_run=run, cells_skipped=skipped, frame=frame, tables=tables, summaries=summaries)
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    suite: CorruptionSuite,
+    *,
+    store: ResultsStore | str | Path,
+    lambdas: Iterable[float | None] = (None,),
+    clean: Dataset | None = None,
+    **kwargs: Any,
+) -> EvalResult:
+    """evaluate() a saved checkpoint: model_name = its arch, checkpoint_sha256 = the file's sha256,
+    dataset = its recorded data set unless dataset= is given (other keywords go to evaluate)."""
+    if not isinstance(suite, CorruptionSuite):
+        raise RobustCSCError(f"suite is a {type(suite).__name__}; pass a CorruptionSuite (load_cifar_c, generated_suite, ...)")
+    store, owned = _open_store(store)  # a bad store fails before the model is loaded
+    try:
+        model, meta = load_checkpoint(path, expect_num_classes=suite.num_classes)
+        kwargs.setdefault("model_name", meta["arch"])
+        if kwargs.get("dataset") is None:
+            kwargs["dataset"] = meta.get("dataset")
+        if not kwargs["dataset"]:
+            raise RobustCSCError(f"{path} records no data set; pass dataset= (the name of the evaluated data set)")
+        kwargs.setdefault("checkpoint_sha256", checkpoint_hash(path))
+        return evaluate(model, suite, store=store, lambdas=lambdas, clean=clean, **kwargs)
+    finally:
+        if owned:
+            store.close()
+
+
+__all__ = ["EvalResult", "TRAINED", "evaluate", "evaluate_checkpoint", "lambda_setting_name"]
