@@ -1,4 +1,4 @@
-"""The robust-csc command line: train, demo, convert-official, models, info.
+"""The robust-csc command line: train, demo, evaluate, corrupt, convert-official, models, info.
 
 Every user-fixable problem (a RobustCSCError) ends the program with one line
 ``error: <message>`` on stderr and exit code 2, never a traceback.
@@ -7,9 +7,10 @@ Every user-fixable problem (a RobustCSCError) ends the program with one line
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -79,12 +80,372 @@ def train(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder for both checkpoints."),
-    quick: bool = typer.Option(False, "--quick", help="4 epochs instead of 15 (a smoke test)."),
+    quick: bool = typer.Option(False, "--quick", help="4 epochs and a 2-corruption suite (a smoke test)."),
 ) -> None:
-    """Train SDNet-18 and ResNet-18 on the embedded digits set and sweep lambda (a few minutes on a CPU)."""
+    """Train SDNet-18 and ResNet-18 on the embedded digits set, sweep lambda, evaluate both on corrupted digits."""
     from robust_csc.demo import run_demo
 
     run_demo(out, quick=quick, progress=sys.stderr.isatty())
+
+
+# ---------------------------------------------------------------- evaluate / corrupt
+
+SUITES = ("cifar10-c", "cifar100-c", "imagenet-c", "generated")
+# Class counts of the stored suites, known before any file is read, so a
+# mismatched checkpoint is refused even when the suite folder is missing.
+_SUITE_CLASSES = {"cifar10-c": 10, "cifar100-c": 100}
+DEFAULT_DATA_ROOT = Path("data")
+
+
+def _items(values: Optional[List[str]]) -> Optional[List[str]]:
+    """Repeated options and comma lists as one flat list; None when the option was not given."""
+    if not values:
+        return None
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def parse_corruptions(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:
+    """Corruption names, checked strictly; None = the suite's default selection."""
+    from robust_csc.corruptions import check_corruption
+
+    items = _items(values)
+    if items is None:
+        return None
+    if not items:
+        raise RobustCSCError("--corruptions is empty; name at least one corruption, such as gaussian_noise")
+    return tuple(dict.fromkeys(check_corruption(item) for item in items))
+
+
+def parse_severities(values: Optional[List[str]]) -> Optional[tuple[int, ...]]:
+    """Severities 1..5, checked strictly; None = all five."""
+    from robust_csc.corruptions import check_severity
+
+    items = _items(values)
+    if items is None:
+        return None
+    if not items:
+        raise RobustCSCError("--severities is empty; name severities from 1 to 5, such as 1,3,5")
+    out = []
+    for item in items:
+        try:
+            number = int(item)
+        except ValueError:
+            raise RobustCSCError(f"severity {item!r} is not an integer; use severities from 1 to 5") from None
+        out.append(check_severity(number))
+    return tuple(sorted(set(out)))
+
+
+def parse_lambdas(values: Optional[List[str]]) -> tuple[Optional[float], ...]:
+    """Lambda settings: 'trained' (the checkpoint's own lambdas, None) or a number >= 0."""
+    items = _items(values)
+    if not items:
+        return (None,)
+    out: list[Optional[float]] = []
+    for item in items:
+        if item.lower() in ("trained", "none"):
+            out.append(None)
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise RobustCSCError(f"lambda {item!r} is not a number; pass a number >= 0 or 'trained'") from None
+        if not math.isfinite(value) or value < 0:
+            raise RobustCSCError(f"lambda {item!r} is not a finite number >= 0; pass a number >= 0 or 'trained'")
+        out.append(value)
+    return tuple(dict.fromkeys(out))
+
+
+def _positive(value: Optional[int], option: str) -> Optional[int]:
+    if value is not None and value < 1:
+        raise RobustCSCError(f"{option} {value} is not positive; pass an integer of at least 1")
+    return value
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def report_lines(tables: dict, summaries: dict, title: str = "") -> list[str]:
+    """The accuracy table and summary figures of each lambda setting, as printable lines."""
+    lines: list[str] = []
+    for setting, table in tables.items():
+        heading = f"lambda {setting}" + (f" ({title})" if title else "")
+        lines.append(f"{heading}: accuracy by corruption (rows) and severity (columns)")
+        lines.extend(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-").splitlines())
+        figures = summaries.get(setting, {})
+        lines.append(f"clean accuracy {_fmt(figures.get('clean_accuracy'))}")
+        # The mean over whatever cells ran: the one figure a partial suite always has.
+        values = [v for column in table.columns if column != "mean" for v in table[column] if not math.isnan(v)]
+        if values:
+            lines.append(f"mean accuracy, {len(values)} cells run {_fmt(math.fsum(values) / len(values))}")
+        missing = figures.get("missing_75", 0)
+        # The headline means only exist for complete suites; say how far off a partial one is.
+        mean75 = _fmt(figures.get("mean_accuracy_75"))
+        lines.append(f"mean accuracy, 75 common cells {mean75}" + (f" ({missing} of 75 cells not run)" if missing else ""))
+        missing5 = figures.get("missing_severity5", 0)
+        mean5 = _fmt(figures.get("severity5_accuracy"))
+        lines.append(f"mean accuracy, severity 5 {mean5}" + (f" ({missing5} of 15 cells not run)" if missing5 else ""))
+        per = figures.get("per_corruption", {})
+        if per:
+            lines.append("mean accuracy per corruption " + ", ".join(f"{c} {_fmt(v)}" for c, v in per.items()))
+        lines.append("")
+    return lines
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc .safetensors checkpoint."),
+    suite: str = typer.Option(..., "--suite", help="cifar10-c, cifar100-c, imagenet-c or generated."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Base data set of a generated suite [default: the checkpoint's data set]."
+    ),
+    profile: str = typer.Option("cifar", "--profile", help="Corruption parameters of a generated suite: cifar or imagenet."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
+    corruptions: Optional[List[str]] = typer.Option(
+        None, "--corruptions", help="Comma list of corruptions [default: all in the suite]."
+    ),
+    severities: Optional[List[str]] = typer.Option(None, "--severities", help="Comma list from 1..5 [default: all]."),
+    n_examples: Optional[int] = typer.Option(None, "--n-examples", help="Images per cell [default: all]."),
+    lambdas: Optional[List[str]] = typer.Option(
+        None, "--lambda", help="Test-time lambda: a number or 'trained'; repeat or comma-separate [default: trained]."
+    ),
+    store: Path = typer.Option(Path("results.sqlite"), "--store", help="SQLite results store (created if missing)."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of a generated suite's corruptions."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... [default: cuda if available]."),
+    download: bool = typer.Option(False, "--download", help="Download CIFAR-10-C / CIFAR-100-C or the base data set if missing."),
+    images_per_severity: Optional[int] = typer.Option(
+        None, "--images-per-severity", hidden=True, help="Rows per severity block of a hand-made CIFAR-C folder (tests)."
+    ),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal]."
+    ),
+) -> None:
+    """Evaluate a checkpoint on a corruption suite; results go to the store and reruns skip finished cells."""
+    from robust_csc.evaluation.store import ResultsStore
+    from robust_csc.models.checkpoints import read_metadata
+
+    # Everything a user can get wrong is checked before the store is opened,
+    # so a refused call leaves an existing store (or a stray file) untouched.
+    suite_name = suite.lower()
+    if suite_name not in SUITES:
+        raise RobustCSCError(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}")
+    chosen_corruptions = parse_corruptions(corruptions)
+    chosen_severities = parse_severities(severities)
+    chosen_lambdas = parse_lambdas(lambdas)
+    _positive(n_examples, "--n-examples")
+    _positive(batch_size, "--batch-size")
+    _positive(images_per_severity, "--images-per-severity")
+    if workers < 0:
+        raise RobustCSCError(f"--workers {workers} is negative; pass 0 (no worker processes) or more")
+    if seed < 0:
+        raise RobustCSCError(f"--seed {seed} is negative; pass an integer >= 0")
+    meta = read_metadata(checkpoint)
+    if not meta.get("lambda") and any(lam is not None for lam in chosen_lambdas):
+        # The metadata lists every CSC layer's lambda; none means there is nothing to set.
+        raise RobustCSCError(
+            f"{checkpoint} holds a {meta.get('arch')} model without CSC layers, so --lambda cannot be set; "
+            "leave --lambda out or evaluate an SDNet checkpoint"
+        )
+    num_classes = meta.get("num_classes")
+    expected = _SUITE_CLASSES.get(suite_name)
+    if expected is not None and num_classes != expected:
+        raise RobustCSCError(
+            f"{checkpoint} has {num_classes} classes but {suite_name} has {expected}; "
+            "pass a checkpoint trained on the suite's data set"
+        )
+
+    clean, clean_note = None, ""
+    if suite_name == "generated":
+        from robust_csc.data.generated import generated_clean, generated_suite
+
+        base = dataset or meta.get("dataset")
+        if not base:
+            raise RobustCSCError(f"{checkpoint} records no data set; pass --dataset (digits, cifar10, cifar100, imagenet)")
+        if download:
+            from robust_csc.data import load_dataset
+
+            load_dataset(base, "test", root=data_root, download=True)  # fetched once; the suite then reads it
+        built = generated_suite(
+            base,
+            split="test",
+            root=data_root,
+            profile=profile,
+            corruptions=chosen_corruptions,
+            severities=chosen_severities,
+            seed=seed,
+            n_examples=n_examples,
+        )
+        # A generated suite always has its clean images at hand: the clean cell comes free.
+        clean = generated_clean(base, "test", data_root, n_examples)
+    elif suite_name == "imagenet-c":
+        from robust_csc.data.corrupted import load_imagenet_c
+
+        built = load_imagenet_c(
+            data_root if data_root is not None else DEFAULT_DATA_ROOT,
+            corruptions=chosen_corruptions,
+            severities=chosen_severities,
+            subset=n_examples,
+            seed=seed,
+        )
+    else:
+        from robust_csc.data.corrupted import CIFAR_C_IMAGES_PER_SEVERITY, load_cifar_c
+
+        built = load_cifar_c(
+            data_root if data_root is not None else DEFAULT_DATA_ROOT,
+            name=suite_name,
+            corruptions=chosen_corruptions,
+            severities=chosen_severities,
+            n_examples=n_examples,
+            download=download,
+            images_per_severity=images_per_severity or CIFAR_C_IMAGES_PER_SEVERITY,
+        )
+        clean, clean_note = _cifar_clean(suite_name, data_root if data_root is not None else DEFAULT_DATA_ROOT, n_examples)
+    if num_classes != built.num_classes:
+        raise RobustCSCError(
+            f"{checkpoint} has {num_classes} classes but the {built.name} suite has {built.num_classes}; "
+            "pass a checkpoint trained on the suite's data set"
+        )
+
+    from robust_csc.evaluation.harness import evaluate_checkpoint
+
+    # The store's data set is the suite's name: cells of a generated suite must never
+    # stand in for the published files' cells of the same corruption, nor one profile
+    # or seed for another. A subset is part of the split for the same reason.
+    split = "test"
+    if n_examples is not None:
+        split = f"test[subset={n_examples},seed={seed}]" if suite_name == "imagenet-c" else f"test[:{n_examples}]"
+    with ResultsStore(store) as results:
+        result = evaluate_checkpoint(
+            checkpoint,
+            built,
+            store=results,
+            dataset=built.name,
+            split=split,
+            lambdas=chosen_lambdas,
+            clean=clean,
+            batch_size=batch_size,
+            num_workers=workers,
+            device=device,
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    _say(f"{built!r}, checkpoint {checkpoint} ({meta.get('arch')})")
+    if clean_note:
+        _say(clean_note)
+    for line in report_lines(result.tables, result.summaries):
+        _say(line)
+    _say(f"store: {store}, cells run {result.cells_run}, skipped {result.cells_skipped}")
+
+
+def _cifar_clean(suite_name: str, root: Path, n_examples: Optional[int]):
+    """(the clean CIFAR test set beside a CIFAR-C folder, "") or (None, why not): optional for stored suites."""
+    from robust_csc.data.generated import generated_clean
+
+    base = suite_name[: -len("-c")]  # cifar10-c -> cifar10
+    # data/ usually holds both cifar-10-batches-py and CIFAR-10-C; root may also be the CIFAR-C folder itself.
+    roots = [root] + ([root.parent] if (root / "labels.npy").is_file() else [])
+    reason = ""
+    for candidate in roots:
+        try:
+            return generated_clean(base, "test", candidate, n_examples), ""
+        except RobustCSCError as err:
+            reason = _one_line(str(err))
+    return None, f"no clean cell: {reason}"
+
+
+def _test_images(dataset: str, root: Optional[Path], download: bool, n_examples: Optional[int]):
+    """The first n test images as uint8 (n, 32, 32, 3) and their labels as int64 (n,)."""
+    import numpy as np
+
+    from robust_csc.data import load_dataset
+
+    test = load_dataset(dataset, "test", root=root, download=download)
+    total = len(test)
+    n = total if n_examples is None else n_examples
+    if n > total:
+        raise RobustCSCError(f"--n-examples {n} exceeds the {total} {dataset} test images; pass at most {total}")
+    if hasattr(test, "data") and hasattr(test, "targets"):
+        # torchvision CIFAR: the stored uint8 pixels, exactly as published.
+        return np.ascontiguousarray(test.data[:n]), np.asarray(test.targets[:n], dtype=np.int64)
+    from robust_csc.data.generated import to_uint8_hwc
+
+    # The generated suite's own rounding, so `corrupt` and `evaluate --suite generated` see the same pixels.
+    items = [test[i] for i in range(n)]
+    images = np.stack([to_uint8_hwc(image) for image, _ in items])
+    return images, np.asarray([int(label) for _, label in items], dtype=np.int64)
+
+
+@app.command()
+def corrupt(
+    dataset: str = typer.Option(..., "--dataset", help="digits, cifar10 or cifar100 (32x32 images)."),
+    out: Path = typer.Option(..., "--out", help="Output folder, written in the CIFAR-10-C layout."),
+    profile: str = typer.Option("cifar", "--profile", help="Corruption parameters: cifar or imagenet."),
+    corruptions: Optional[List[str]] = typer.Option(None, "--corruptions", help="Comma list [default: all 19]."),
+    severities: Optional[List[str]] = typer.Option(
+        None, "--severities", help="Must be all of 1..5 (the layout holds 5 severity blocks per file)."
+    ),
+    n_examples: Optional[int] = typer.Option(None, "--n-examples", help="The first N test images [default: all]."),
+    seed: int = typer.Option(0, "--seed", help="Base seed; every image gets its own seed from it."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
+    download: bool = typer.Option(False, "--download", help="Download the base data set if missing."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
+) -> None:
+    """Write a corrupted copy of a 32x32 test set in the CIFAR-10-C layout (<corruption>.npy + labels.npy)."""
+    import tempfile
+
+    import numpy as np
+
+    from robust_csc.corruptions import ALL, check_profile, corrupt_images
+    from robust_csc.data import dataset_info
+    from robust_csc.data.corrupted import SEVERITIES, write_cifar_c
+
+    profile = check_profile(profile)
+    info = dataset_info(dataset)
+    if info.image_size != 32:
+        raise RobustCSCError(
+            f"corrupt writes the CIFAR-10-C layout, which holds 32x32 images only, and {info.name} has "
+            f"{info.image_size}x{info.image_size} images; evaluate {info.name} with `robust-csc evaluate "
+            "--suite generated` or on the published ImageNet-C folders"
+        )
+    chosen = parse_corruptions(corruptions) or ALL
+    chosen_severities = parse_severities(severities)
+    if chosen_severities is not None and chosen_severities != SEVERITIES:
+        raise RobustCSCError(
+            "the CIFAR-10-C layout holds all 5 severity blocks in every file; "
+            "pass --severities 1,2,3,4,5 or leave it out"
+        )
+    _positive(n_examples, "--n-examples")
+    if seed < 0:
+        raise RobustCSCError(f"--seed {seed} is negative; pass an integer >= 0")
+    # Refused before the (slow) corruption work; write_cifar_c checks again when it writes.
+    if out.exists() and not out.is_dir():
+        raise RobustCSCError(f"{out} exists and is not a folder; choose another output folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise RobustCSCError(f"output folder {out} is not empty; pass --force to replace it or choose another folder")
+    name = "cifar100-c" if info.num_classes == 100 else "cifar10-c"
+    images, labels = _test_images(info.name, data_root, download, n_examples)
+    n = len(labels)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Each corruption's (5n, 32, 32, 3) block goes to a memory map next to the output,
+    # so all 19 of full CIFAR (about 3 GB) never sit in memory at once.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.build-", dir=out.parent) as scratch:
+        arrays = {}
+        for corruption in chosen:
+            _say(f"corrupting {n} {info.name} test images: {corruption}")
+            block = np.lib.format.open_memmap(
+                Path(scratch) / f"{corruption}.npy", mode="w+", dtype=np.uint8, shape=(len(SEVERITIES) * n, 32, 32, 3)
+            )
+            for severity in SEVERITIES:
+                # Seeded per (seed, corruption, severity, test-set index): the same pixels as corrupt_images.
+                block[(severity - 1) * n : severity * n] = corrupt_images(
+                    images, corruption, severity, profile=profile, seed=seed
+                )
+            arrays[corruption] = block
+        folder = write_cifar_c(out, name, arrays, labels, overwrite=force)
+    load_hint = "" if n == 10000 else f" --images-per-severity {n}"
+    _say(f"wrote {folder}: {len(chosen)} corruptions x 5 severities x {n} images ({name} layout{load_hint})")
 
 
 @app.command("convert-official")
