@@ -199,7 +199,9 @@ def evaluate(
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Base data set of a generated suite [default: the checkpoint's data set]."
     ),
-    profile: str = typer.Option("cifar", "--profile", help="Corruption parameters of a generated suite: cifar or imagenet."),
+    profile: Optional[str] = typer.Option(
+        None, "--profile", help="Corruption parameters of a generated suite: cifar or imagenet [default: cifar]."
+    ),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
     corruptions: Optional[List[str]] = typer.Option(
         None, "--corruptions", help="Comma list of corruptions [default: all in the suite]."
@@ -231,6 +233,10 @@ def evaluate(
     suite_name = suite.lower()
     if suite_name not in SUITES:
         raise RobustCSCError(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}")
+    if suite_name != "generated" and (dataset is not None or profile is not None):
+        raise RobustCSCError(
+            f"--dataset and --profile describe a generated suite, not {suite_name}; drop them or use --suite generated"
+        )
     chosen_corruptions = parse_corruptions(corruptions)
     chosen_severities = parse_severities(severities)
     chosen_lambdas = parse_lambdas(lambdas)
@@ -271,7 +277,7 @@ def evaluate(
             base,
             split="test",
             root=data_root,
-            profile=profile,
+            profile=profile or "cifar",
             corruptions=chosen_corruptions,
             severities=chosen_severities,
             seed=seed,

@@ -138,6 +138,14 @@ def test_missing_cifar10_c_folder(checkpoint, tmp_path, store_with_a_row):
     assert store.read_bytes() == before
 
 
+def test_generated_suite_options_are_refused_for_stored_suites(checkpoint, tmp_path, store_with_a_row):
+    store, before = store_with_a_row
+    proc = cli("evaluate", "--checkpoint", checkpoint, "--suite", "cifar10-c", "--profile", "imagenet",
+               "--data-root", tmp_path, "--store", store)
+    assert_user_error(proc.returncode, proc.stdout, proc.stderr, "--profile", "--suite generated")
+    assert store.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "options, fragments",
     [
