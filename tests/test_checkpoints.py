@@ -13,7 +13,7 @@ import robust_csc
 from robust_csc import atomic
 from robust_csc.csc import csc_layers, get_lambda, set_lambda
 from robust_csc.errors import RobustCSCError
-from robust_csc.models import checkpoints, create_model
+from robust_csc.models import create_model
 from robust_csc.models.checkpoints import (
     FORMAT_VERSION,
     checkpoint_hash,

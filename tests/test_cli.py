@@ -2,43 +2,13 @@
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from robust_csc.cli import main
+from cli_support import assert_proc_error, cli, run_main
 from robust_csc.models import create_model
 from robust_csc.models.checkpoints import read_metadata, save_checkpoint
-
-_SCRIPT = Path(sys.executable).with_name("robust-csc")
-COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "robust_csc.cli"]
-
-
-def cli(*args, cwd=None):
-    """Run the installed console script, as a user would."""
-    return subprocess.run([*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def run_main(capsys, *args):
-    """main() in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (0 if code is None else code), out, err
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -109,20 +79,20 @@ def test_convert_official_then_force(capsys, tmp_path):
 
 def test_unknown_model(tmp_path):
     proc = cli("train", "--model", "sdnet99", "--dataset", "digits", "--out", tmp_path / "x")
-    assert_user_error(proc, "unknown model", "sdnet18")
+    assert_proc_error(proc, "unknown model", "sdnet18")
     assert not (tmp_path / "x").exists()
 
 
 def test_negative_lambda(tmp_path):
     proc = cli("train", "--model", "sdnet18", "--dataset", "digits", "--lam", "-1", "--out", tmp_path / "x")
-    assert_user_error(proc, "lambda")
+    assert_proc_error(proc, "lambda")
     assert not (tmp_path / "x").exists()
 
 
 def test_missing_cifar_folder(tmp_path):
     proc = cli("train", "--model", "resnet18", "--dataset", "cifar10", "--width", "4",
                "--data-root", tmp_path / "nowhere", "--out", tmp_path / "x")
-    assert_user_error(proc, "CIFAR-10", "--download")
+    assert_proc_error(proc, "CIFAR-10", "--download")
 
 
 def test_info_on_truncated_checkpoint(tmp_path, checkpoint):
@@ -131,7 +101,7 @@ def test_info_on_truncated_checkpoint(tmp_path, checkpoint):
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     before = cut.read_bytes()
     proc = cli("info", cut)
-    assert_user_error(proc, "truncated")
+    assert_proc_error(proc, "truncated")
     assert cut.read_bytes() == before
 
 
@@ -140,7 +110,7 @@ def test_convert_official_refuses_to_overwrite(tmp_path):
     _official_like(src)
     dst.write_bytes(b"precious")
     proc = cli("convert-official", src, dst, "--arch", "sdnet18")
-    assert_user_error(proc, "already exists", "--force")
+    assert_proc_error(proc, "already exists", "--force")
     assert dst.read_bytes() == b"precious"
 
 

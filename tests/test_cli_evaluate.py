@@ -1,15 +1,12 @@
 """The evaluate and corrupt verbs: tables, the results store, the CIFAR-10-C layout, one-line errors."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from robust_csc.cli import main
+from cli_support import assert_user_error, cli, run_main
 from robust_csc.corruptions import corrupt_images
 from robust_csc.data import load_dataset
 from robust_csc.data.corrupted import load_cifar_c, write_cifar_c
@@ -18,34 +15,8 @@ from robust_csc.evaluation.store import CellKey, ResultsStore
 from robust_csc.models import create_model
 from robust_csc.models.checkpoints import load_checkpoint, save_checkpoint
 
-_SCRIPT = Path(sys.executable).with_name("robust-csc")
-COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "robust_csc.cli"]
 GENERATED = ["--suite", "generated", "--dataset", "digits", "--corruptions", "gaussian_noise,contrast",
              "--severities", "1,5", "--n-examples", "20"]
-
-
-def cli(*args):
-    """The installed console script in a subprocess, as a user runs it (one thread: a shared CPU)."""
-    return subprocess.run([*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def run_main(capsys, *args):
-    """main() in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (0 if code is None else code), out, err
-
-
-def assert_user_error(code, out, err, *fragments):
-    assert code == 2, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in out + err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
