@@ -22,11 +22,6 @@ def time_rounds(fns: list[Callable[[], object]], repeats: int = 10, warmup: int 
     return times
 
 
-def time_many(fns: list[Callable[[], object]], repeats: int = 10, warmup: int = 2) -> list[float]:
-    """Median seconds of each function, run round-robin."""
-    return [statistics.median(t) for t in time_rounds(fns, repeats, warmup)]
-
-
 def ratio_of(baseline: list[float], candidate: list[float]) -> float:
     """Median over rounds of baseline time / candidate time (a throughput ratio).
 
@@ -34,9 +29,3 @@ def ratio_of(baseline: list[float], candidate: list[float]) -> float:
     sensitive to load on the machine than a ratio of separate medians.
     """
     return statistics.median(b / c for b, c in zip(baseline, candidate))
-
-
-def time_pair(a: Callable[[], object], b: Callable[[], object], repeats: int = 10, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds of a() and b(), run alternately."""
-    ta, tb = time_many([a, b], repeats, warmup)
-    return ta, tb

@@ -471,8 +471,6 @@ class CSCConv2d(nn.Module):
             lam = lam.to(device=x.device, dtype=eta.dtype)
         if not self.non_negative and not isinstance(lam, Tensor):
             eta = float(eta)  # softshrink takes a Python float threshold
-        elif weight.dtype != eta.dtype:
-            eta = eta.to(weight.dtype)
         z = csc_encode(
             x,
             weight,
