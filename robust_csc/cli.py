@@ -496,6 +496,10 @@ def info(checkpoint: Path = typer.Argument(..., help="A robust-csc .safetensors 
     _say(json.dumps(meta, indent=2, sort_keys=True))
 
 
+# The verbs in robust_csc/commands register themselves on `app` when imported.
+from robust_csc.commands import attack as _attack, report as _report, tune as _tune  # noqa: E402,F401
+
+
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
