@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,14 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/robust-csc demo --out runs/demo
 
-test: setup
+# The report test renders the HTML report in Debian's Chromium (headless).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  { echo "error: $(CHROMIUM) is missing; install Debian's chromium package (apt-get install chromium)" >&2; exit 2; }; }
+
+test: setup browser
 	$(PY) -m pytest -q
 
 bench: setup

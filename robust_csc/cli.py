@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -155,6 +156,25 @@ def parse_lambdas(values: Optional[List[str]]) -> tuple[Optional[float], ...]:
     return tuple(dict.fromkeys(out))
 
 
+def parse_lambda_settings(values: Optional[List[str]]) -> tuple:
+    """Lambda settings: 'trained', a number (every CSC layer), 'stem=0.5' or 'scale=1.5' (robust_csc.lambdas)."""
+    from robust_csc.lambdas import LambdaSetting
+
+    items = _items(values)
+    if not items:
+        return (LambdaSetting(),)
+    settings = []
+    for item in items:
+        if item.lower() in ("trained", "none"):
+            settings.append(LambdaSetting())
+            continue
+        try:
+            settings.append(LambdaSetting.parse(item))
+        except RobustCSCError as err:
+            raise RobustCSCError(f"lambda {item!r} is not valid ({err}); pass a number >= 0, 'trained', stem=0.5 or scale=1.5") from None
+    return tuple(dict.fromkeys(settings))
+
+
 def _positive(value: Optional[int], option: str) -> Optional[int]:
     if value is not None and value < 1:
         raise RobustCSCError(f"{option} {value} is not positive; pass an integer of at least 1")
@@ -192,44 +212,34 @@ def report_lines(tables: dict, summaries: dict, title: str = "") -> list[str]:
     return lines
 
 
-@app.command()
-def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc .safetensors checkpoint."),
-    suite: str = typer.Option(..., "--suite", help="cifar10-c, cifar100-c, imagenet-c or generated."),
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", help="Base data set of a generated suite [default: the checkpoint's data set]."
-    ),
-    profile: Optional[str] = typer.Option(
-        None, "--profile", help="Corruption parameters of a generated suite: cifar or imagenet [default: cifar]."
-    ),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
-    corruptions: Optional[List[str]] = typer.Option(
-        None, "--corruptions", help="Comma list of corruptions [default: all in the suite]."
-    ),
-    severities: Optional[List[str]] = typer.Option(None, "--severities", help="Comma list from 1..5 [default: all]."),
-    n_examples: Optional[int] = typer.Option(None, "--n-examples", help="Images per cell [default: all]."),
-    lambdas: Optional[List[str]] = typer.Option(
-        None, "--lambda", help="Test-time lambda: a number or 'trained'; repeat or comma-separate [default: trained]."
-    ),
-    store: Path = typer.Option(Path("results.sqlite"), "--store", help="SQLite results store (created if missing)."),
-    batch_size: int = typer.Option(256, "--batch-size"),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed of a generated suite's corruptions."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... [default: cuda if available]."),
-    download: bool = typer.Option(False, "--download", help="Download CIFAR-10-C / CIFAR-100-C or the base data set if missing."),
-    images_per_severity: Optional[int] = typer.Option(
-        None, "--images-per-severity", hidden=True, help="Rows per severity block of a hand-made CIFAR-C folder (tests)."
-    ),
-    progress: Optional[bool] = typer.Option(
-        None, "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal]."
-    ),
-) -> None:
-    """Evaluate a checkpoint on a corruption suite; results go to the store and reruns skip finished cells."""
-    from robust_csc.evaluation.store import ResultsStore
+@dataclass
+class SuiteChoice:
+    """What the suite options of evaluate / tune-lambda resolve to (nothing opened for writing)."""
+
+    meta: dict
+    suite: Any
+    clean: Any
+    clean_note: str
+    split: str  # the store's split: "test", "test[:N]" or an ImageNet-C subset
+
+
+def build_suite(
+    checkpoint: Path,
+    suite: str,
+    *,
+    dataset: Optional[str] = None,
+    profile: Optional[str] = None,
+    data_root: Optional[Path] = None,
+    corruptions: Optional[List[str]] = None,
+    severities: Optional[List[str]] = None,
+    n_examples: Optional[int] = None,
+    seed: int = 0,
+    download: bool = False,
+    images_per_severity: Optional[int] = None,
+) -> SuiteChoice:
+    """Check the suite options against the checkpoint's metadata and build the suite and its clean cell."""
     from robust_csc.models.checkpoints import read_metadata
 
-    # Everything a user can get wrong is checked before the store is opened,
-    # so a refused call leaves an existing store (or a stray file) untouched.
     suite_name = suite.lower()
     if suite_name not in SUITES:
         raise RobustCSCError(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}")
@@ -239,21 +249,11 @@ def evaluate(
         )
     chosen_corruptions = parse_corruptions(corruptions)
     chosen_severities = parse_severities(severities)
-    chosen_lambdas = parse_lambdas(lambdas)
     _positive(n_examples, "--n-examples")
-    _positive(batch_size, "--batch-size")
     _positive(images_per_severity, "--images-per-severity")
-    if workers < 0:
-        raise RobustCSCError(f"--workers {workers} is negative; pass 0 (no worker processes) or more")
     if seed < 0:
         raise RobustCSCError(f"--seed {seed} is negative; pass an integer >= 0")
     meta = read_metadata(checkpoint)
-    if not meta.get("lambda") and any(lam is not None for lam in chosen_lambdas):
-        # The metadata lists every CSC layer's lambda; none means there is nothing to set.
-        raise RobustCSCError(
-            f"{checkpoint} holds a {meta.get('arch')} model without CSC layers, so --lambda cannot be set; "
-            "leave --lambda out or evaluate an SDNet checkpoint"
-        )
     num_classes = meta.get("num_classes")
     expected = _SUITE_CLASSES.get(suite_name)
     if expected is not None and num_classes != expected:
@@ -314,14 +314,83 @@ def evaluate(
             "pass a checkpoint trained on the suite's data set"
         )
 
-    from robust_csc.evaluation.harness import evaluate_checkpoint
-
     # The store's data set is the suite's name: cells of a generated suite must never
     # stand in for the published files' cells of the same corruption, nor one profile
     # or seed for another. A subset is part of the split for the same reason.
     split = "test"
     if n_examples is not None:
         split = f"test[subset={n_examples},seed={seed}]" if suite_name == "imagenet-c" else f"test[:{n_examples}]"
+    return SuiteChoice(meta, built, clean, clean_note, split)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc .safetensors checkpoint."),
+    suite: str = typer.Option(..., "--suite", help="cifar10-c, cifar100-c, imagenet-c or generated."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Base data set of a generated suite [default: the checkpoint's data set]."
+    ),
+    profile: Optional[str] = typer.Option(
+        None, "--profile", help="Corruption parameters of a generated suite: cifar or imagenet [default: cifar]."
+    ),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
+    corruptions: Optional[List[str]] = typer.Option(
+        None, "--corruptions", help="Comma list of corruptions [default: all in the suite]."
+    ),
+    severities: Optional[List[str]] = typer.Option(None, "--severities", help="Comma list from 1..5 [default: all]."),
+    n_examples: Optional[int] = typer.Option(None, "--n-examples", help="Images per cell [default: all]."),
+    lambdas: Optional[List[str]] = typer.Option(
+        None, "--lambda",
+        help="Test-time lambda: 'trained', a number (every CSC layer), stem=0.5 or scale=1.5; repeat or comma-separate [default: trained].",
+    ),
+    lambda_policy: Optional[Path] = typer.Option(
+        None, "--lambda-policy", help="A lambda policy file from tune-lambda (evaluated beside --lambda)."
+    ),
+    store: Path = typer.Option(Path("results.sqlite"), "--store", help="SQLite results store (created if missing)."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of a generated suite's corruptions."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... [default: cuda if available]."),
+    download: bool = typer.Option(False, "--download", help="Download CIFAR-10-C / CIFAR-100-C or the base data set if missing."),
+    images_per_severity: Optional[int] = typer.Option(
+        None, "--images-per-severity", hidden=True, help="Rows per severity block of a hand-made CIFAR-C folder (tests)."
+    ),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal]."
+    ),
+) -> None:
+    """Evaluate a checkpoint on a corruption suite; results go to the store and reruns skip finished cells."""
+    from robust_csc.evaluation.store import ResultsStore
+    from robust_csc.lambdas import needs_csc
+
+    # Everything a user can get wrong is checked before the store is opened,
+    # so a refused call leaves an existing store (or a stray file) untouched.
+    chosen_lambdas = parse_lambda_settings(lambdas)
+    if lambda_policy is not None:
+        from robust_csc.models.checkpoints import checkpoint_hash
+        from robust_csc.tuning import load_policy
+
+        # Another checkpoint's policy is refused here, before the store opens.
+        chosen_lambdas = tuple(dict.fromkeys(chosen_lambdas + (load_policy(lambda_policy, checkpoint_hash(checkpoint)),)))
+    _positive(batch_size, "--batch-size")
+    if workers < 0:
+        raise RobustCSCError(f"--workers {workers} is negative; pass 0 (no worker processes) or more")
+    chosen = build_suite(
+        checkpoint, suite, dataset=dataset, profile=profile, data_root=data_root, corruptions=corruptions,
+        severities=severities, n_examples=n_examples, seed=seed, download=download,
+        images_per_severity=images_per_severity,
+    )
+    meta = chosen.meta
+    if not meta.get("lambda") and any(needs_csc(setting) for setting in chosen_lambdas):
+        # The metadata lists every CSC layer's lambda; none means there is nothing to set.
+        raise RobustCSCError(
+            f"{checkpoint} holds a {meta.get('arch')} model without CSC layers, so --lambda cannot be set; "
+            "leave --lambda out or evaluate an SDNet checkpoint"
+        )
+    built, clean, clean_note, split = chosen.suite, chosen.clean, chosen.clean_note, chosen.split
+
+    from robust_csc.evaluation.harness import evaluate_checkpoint
+
     with ResultsStore(store) as results:
         result = evaluate_checkpoint(
             checkpoint,

@@ -437,7 +437,10 @@ class CSCConv2d(nn.Module):
         self._eval_snapshot = None
 
     def train(self, mode: bool = True) -> "CSCConv2d":
-        self.reset_step_size()  # weights may have changed while in the other mode
+        # Weights may have changed while in the other mode. Calling eval() on a model
+        # already in eval mode (torchattacks does, on every attack call) keeps the cache.
+        if mode != self.training:
+            self.reset_step_size()
         return super().train(mode)
 
     def lipschitz(self, x_size: tuple[int, int]) -> float:

@@ -1,11 +1,15 @@
-"""The offline demo: SDNet-18 against ResNet-18 on the embedded digits set, and lambda at test time.
+"""The offline demo, the whole main job on the embedded digits set: train, evaluate, attack, tune, report.
 
-Both models are small (width 16, CIFAR stem) and trained with the digits
-recipe; then the SDNet is evaluated at several lambdas, on clean test images
-and on images with Gaussian noise, where a larger lambda (a sparser code)
-is what the SDNet paper uses for robustness.  Last, both checkpoints are
-evaluated on a corruption suite generated from the digits test set (CIFAR-10-C
-parameters, all 5 severities) into ``out_dir/results.sqlite``.  A CLI job: it prints.
+1. Train SDNet-18 and ResNet-18 (width 16, CIFAR stem) with the digits recipe.
+2. Evaluate both checkpoints on a corruption suite generated from the digits
+   test set (CIFAR-10-C parameters, 5 severities) into ``out_dir/results.sqlite``.
+3. Attack both with PGD (L-infinity) at a few epsilons, with the sanity checks.
+4. Tune the SDNet's stem lambda per noise corruption and severity on a tuning
+   split, report it on a disjoint reporting split, and fit the label-free
+   reconstruction-error rule; the policy goes to ``out_dir/lambda_policy.json``.
+5. Write the report (``out_dir/report/index.html`` and its Markdown twin).
+
+A CLI job: it prints, and its last line is the path of the HTML report.
 """
 
 from __future__ import annotations
@@ -14,18 +18,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from robust_csc.csc import lambda_override
 from robust_csc.data import load_dataset
 from robust_csc.models.checkpoints import load_checkpoint
 from robust_csc.training import FINAL_NAME, TrainConfig, evaluate_accuracy, train
 
 DEMO_WIDTH = 16
-DEMO_LAMBDAS = (0.05, 0.1, 0.2, 0.5, 1.0)
-NOISE_STD = 0.3  # images are in [0, 1]
-NOISE_SEED = 1234
 # The generated suite: the 4 noise corruptions and a few others that keep the step
 # short (the slow ones, zoom and glass blur, are left out), on the first test images.
 SUITE_CORRUPTIONS = (
@@ -36,14 +35,16 @@ SUITE_IMAGES = 200
 QUICK_SUITE_CORRUPTIONS = ("gaussian_noise", "contrast")
 QUICK_SUITE_IMAGES = 100
 STORE_NAME = "results.sqlite"
-
-
-def _noisy(dataset, std: float, seed: int) -> TensorDataset:
-    """The test images with fixed Gaussian noise, clipped back to [0, 1]."""
-    images, labels = dataset.tensors
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(images.shape, generator=gen) * std
-    return TensorDataset((images + noise).clamp_(0.0, 1.0), labels)
+# PGD (L-infinity, 10 steps) on the first test digits.
+ATTACK_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+ATTACK_IMAGES = 100
+QUICK_ATTACK_EPSILONS = (2 / 255, 8 / 255)
+QUICK_ATTACK_IMAGES = 32
+# Lambda tuning of the SDNet's stem on the suite's noise corruptions (the paper's sweep).
+TUNE_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
+QUICK_TUNE_CORRUPTIONS = ("gaussian_noise",)
+POLICY_NAME = "lambda_policy.json"
+REPORT_NAME = "report"
 
 
 def run_demo(
@@ -61,14 +62,11 @@ def run_demo(
     out_dir = Path(out_dir)
     epochs = 4 if quick else None
     test = load_dataset("digits", "test")
-    noisy = _noisy(test, NOISE_STD, NOISE_SEED)
     clean_loader = DataLoader(test, batch_size=450)
-    noisy_loader = DataLoader(noisy, batch_size=450)
 
     echo(f"robust-csc demo: sdnet18 vs resnet18 (width {DEMO_WIDTH}, CIFAR stem) on digits, output in {out_dir}")
     started = time.perf_counter()
-    results: dict = {"out_dir": str(out_dir), "models": {}}
-    models = {}
+    results: dict = {"out_dir": str(out_dir), "models": {}, "seconds_by_step": {}}
     for arch in ("sdnet18", "resnet18"):
         echo(f"training {arch}")
         config = TrainConfig(
@@ -83,52 +81,54 @@ def run_demo(
         summary = train(config, log=lambda line: echo(f"  {line}"))
         # Read the checkpoint back: the numbers below come from the saved file.
         model, _ = load_checkpoint(Path(config.out_dir) / FINAL_NAME)
-        models[arch] = model
         results["models"][arch] = dict(
             checkpoint=str(Path(config.out_dir) / FINAL_NAME),
             clean_acc=evaluate_accuracy(model, clean_loader),
-            noisy_acc=evaluate_accuracy(model, noisy_loader),
             train_seconds=summary["seconds"],
         )
-
-    sdnet = models["sdnet18"]
-    sweep = []
-    for lam in DEMO_LAMBDAS:
-        with lambda_override(sdnet, lam):
-            clean, noisy_acc = evaluate_accuracy(sdnet, clean_loader), evaluate_accuracy(sdnet, noisy_loader)
-        sweep.append(dict(lam=lam, clean_acc=clean, noisy_acc=noisy_acc))
-    results["sdnet18_lambda_sweep"] = sweep
-    suite_started = time.perf_counter()
-    results["suite"] = _evaluate_suite(results, out_dir, quick, progress)
-    results["suite_seconds"] = time.perf_counter() - suite_started
-    results["seconds"] = time.perf_counter() - started
-
+    results["seconds_by_step"]["train"] = time.perf_counter() - started
     echo("")
-    echo(f"test accuracy (450 digits; noisy = Gaussian noise std {NOISE_STD})")
-    echo(f"{'model':<10} {'clean':>7} {'noisy':>7}")
+    echo("test accuracy (450 digits)")
     for arch, r in results["models"].items():
-        echo(f"{arch:<10} {r['clean_acc']:>7.4f} {r['noisy_acc']:>7.4f}")
+        echo(f"  {arch:<10} {r['clean_acc']:.4f}")
+
+    steps = (
+        ("suite", _evaluate_suite, _print_suite),
+        ("attack", _attack, _print_attack),
+        ("tune", _tune, _print_tune),
+        ("report", _report, None),
+    )
+    for name, run_step, show in steps:
+        step_started = time.perf_counter()
+        results[name] = run_step(results, out_dir, quick, progress)
+        results["seconds_by_step"][name] = time.perf_counter() - step_started
+        if show is not None:
+            echo("")
+            show(results, echo)
+    results["seconds"] = time.perf_counter() - started
     echo("")
-    echo("sdnet18 test accuracy by lambda at test time (trained with lambda 0.1)")
-    echo(f"{'lambda':<10} {'clean':>7} {'noisy':>7}")
-    for row in sweep:
-        echo(f"{row['lam']:<10g} {row['clean_acc']:>7.4f} {row['noisy_acc']:>7.4f}")
-    echo("")
+    for arch, r in results["models"].items():
+        echo(f"checkpoint {arch}: {r['checkpoint']}")
+    echo(f"lambda policy: {results['tune']['policy']}")
+    echo(f"store: {out_dir / STORE_NAME}")
+    timing = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in results["seconds_by_step"].items())
+    echo(f"total time {results['seconds']:.0f}s ({timing})")
+    echo(f"report: {results['report']['html']}")
+    return results
+
+
+def _print_suite(results: dict, echo: Callable[[str], None]) -> None:
     from robust_csc.cli import report_lines
 
     suite = results["suite"]
     echo(
         f"corruption suite {suite['name']}: first {suite['images']} test digits, "
-        f"{len(suite['corruptions'])} corruptions x 5 severities ({results['suite_seconds']:.0f}s)"
+        f"{len(suite['corruptions'])} corruptions x 5 severities ({results['seconds_by_step']['suite']:.0f}s)"
     )
     for arch, evaluation in suite["models"].items():
         for line in report_lines(evaluation["tables"], evaluation["summaries"], title=arch):
             echo(line)
-    echo(f"store: {suite['store']}, cells run {suite['cells_run']}, skipped {suite['cells_skipped']}")
-    for arch, r in results["models"].items():
-        echo(f"checkpoint {arch}: {r['checkpoint']}")
-    echo(f"total time {results['seconds']:.0f}s")
-    return results
+    echo(f"cells run {suite['cells_run']}, skipped {suite['cells_skipped']}")
 
 
 def _evaluate_suite(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
@@ -156,3 +156,60 @@ def _evaluate_suite(results: dict, out_dir: Path, quick: bool, progress: bool) -
             out["models"][arch] = dict(tables=result.tables, summaries=result.summaries)
     out.update(cells_run=run, cells_skipped=skipped)
     return out
+
+
+def _attack(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
+    """PGD-10 (L-infinity) on both checkpoints at a few epsilons, with the sanity checks."""
+    from robust_csc.attacks import attack_checkpoint
+
+    epsilons = QUICK_ATTACK_EPSILONS if quick else ATTACK_EPSILONS
+    n = QUICK_ATTACK_IMAGES if quick else ATTACK_IMAGES
+    out = {"images": n, "models": {}}
+    for arch, r in results["models"].items():
+        result = attack_checkpoint(
+            r["checkpoint"], store=out_dir / STORE_NAME, attacks=("pgd",), norm="Linf", epsilons=epsilons,
+            n_examples=n, progress=progress,
+        )
+        out["models"][arch] = result
+    return out
+
+
+def _print_attack(results: dict, echo: Callable[[str], None]) -> None:
+    attack = results["attack"]
+    echo(f"PGD-10 (L-infinity) on the first {attack['images']} test digits ({results['seconds_by_step']['attack']:.0f}s)")
+    for arch, result in attack["models"].items():
+        echo(f"{arch}:")
+        for line in result.lines():
+            echo(f"  {line}")
+
+
+def _tune(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
+    """Stem lambda of the SDNet per noise cell: chosen on a tuning split, reported on the other half."""
+    from robust_csc.data.generated import generated_clean, generated_suite
+    from robust_csc.tuning import tune_checkpoint
+
+    corruptions = QUICK_TUNE_CORRUPTIONS if quick else TUNE_CORRUPTIONS
+    n = QUICK_SUITE_IMAGES if quick else SUITE_IMAGES
+    suite = generated_suite("digits", profile="cifar", corruptions=corruptions, n_examples=n)
+    clean = generated_clean("digits", "test", None, n)
+    result = tune_checkpoint(
+        results["models"]["sdnet18"]["checkpoint"], suite, store=out_dir / STORE_NAME, clean=clean,
+        layers="stem", rule="recon", out=out_dir / POLICY_NAME, force=True, progress=progress,
+    )
+    return {"result": result, "policy": str(out_dir / POLICY_NAME)}
+
+
+def _print_tune(results: dict, echo: Callable[[str], None]) -> None:
+    result = results["tune"]["result"]
+    echo(f"lambda tuning of sdnet18's stem ({results['seconds_by_step']['tune']:.0f}s)")
+    for line in result.lines():
+        echo(line)
+
+
+def _report(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
+    """The HTML report (and its Markdown twin) of everything in the store."""
+    from robust_csc.reports import write_report
+
+    checkpoints = [r["checkpoint"] for r in results["models"].values()]
+    html = write_report(out_dir / STORE_NAME, out_dir / REPORT_NAME, baseline="resnet18", checkpoints=checkpoints)
+    return {"html": str(html)}

@@ -10,7 +10,6 @@ import imagecorruptions
 import numpy as np
 import pytest
 import skimage.data
-import torch
 
 from robust_csc.corruptions import (
     ALL,
@@ -19,7 +18,6 @@ from robust_csc.corruptions import (
     COMMON,
     EXTRA,
     NOISE,
-    add_noise,
     check_corruption,
     check_severity,
     corrupt_image,
@@ -184,34 +182,6 @@ def test_bad_images_profile_and_indices_raise(photo):
         corrupt_image(photo[:16, :16].copy(), "fog", 1, profile="imagenet")
 
 
-@pytest.mark.parametrize(
-    "kind, level",
-    [
-        ("gaussian", -0.1),
-        ("speckle", -1e-3),
-        ("shot", -5.0),
-        ("shot", 0.0),
-        ("impulse", 0.0),
-        ("impulse", 1.5),
-        ("impulse", -0.2),
-        ("gaussian", float("nan")),
-        ("gaussian", float("inf")),
-        ("poisson", 0.1),
-    ],
-)
-def test_add_noise_rejects_bad_levels(kind, level):
-    x = torch.full((1, 3, 8, 8), 0.5)
-    with pytest.raises(RobustCSCError):
-        add_noise(x, kind, level, seed=0, indices=[0])
-
-
-def test_add_noise_rejects_bad_batch():
-    with pytest.raises(RobustCSCError, match="indices"):
-        add_noise(torch.zeros(2, 3, 4, 4), "gaussian", 0.1, seed=0, indices=[0])
-    with pytest.raises(RobustCSCError, match="float tensor"):
-        add_noise(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "gaussian", 0.1, seed=0, indices=[0, 1])
-
-
 def test_unimplemented_cifar_corruption_raises_instead_of_falling_back(photo, monkeypatch):
     monkeypatch.delitem(cifar_module.CIFAR_FUNCTIONS, "snow")
     with pytest.raises(RobustCSCError, match="not implemented for the cifar profile"):
@@ -265,91 +235,6 @@ def test_cifar_speckle_noise_std_matches_x_times_c(grey, severity):
     diff = out.astype(np.float64) - GREY
     measured = math.sqrt(diff.var() - 1 / 12) / 255
     assert abs(measured / (x * c) - 1) < _rel_std_tolerance(N_VALUES)
-
-
-# --------------------------------------------------------------------------- torch noise statistics
-
-
-def _stat_batch(value: float) -> torch.Tensor:
-    # 4 images of 3x128x128: 196608 values, same count as the numpy tests.
-    return torch.full((4, 3, 128, 128), value, dtype=torch.float64)
-
-
-@pytest.mark.parametrize("sigma", [0.021, 0.05, 0.13])
-def test_add_noise_gaussian_std(sigma, one_thread):
-    x = _stat_batch(0.5)  # clipping needs |z| > 3.8 sigma at sigma 0.13: negligible
-    y = add_noise(x, "gaussian", sigma, seed=3, indices=[0, 1, 2, 3])
-    assert y.min() >= 0 and y.max() <= 1
-    measured = (y - x).std().item()
-    assert abs(measured / sigma - 1) < _rel_std_tolerance(x.numel())
-
-
-@pytest.mark.parametrize("c", [20.0, 137.5, 1000.0])
-def test_add_noise_shot_variance(c, one_thread):
-    value = 0.25  # poisson(0.25 c) exceeds c (clip) with negligible probability
-    x = _stat_batch(value)
-    y = add_noise(x, "shot", c, seed=3, indices=[0, 1, 2, 3])
-    n = x.numel()
-    assert abs(y.var().item() / (value / c) - 1) < 6 * math.sqrt(2 / n) + 0.01
-    assert abs(y.mean().item() - value) < 6 * math.sqrt(value / c / n)
-
-
-@pytest.mark.parametrize("amount", [0.015, 0.37, 1.0])
-def test_add_noise_impulse_fraction(amount, one_thread):
-    x = _stat_batch(0.5)
-    y = add_noise(x, "impulse", amount, seed=3, indices=[0, 1, 2, 3])
-    changed = y != x
-    n = x.numel()
-    assert abs(changed.double().mean().item() - amount) < 5 * math.sqrt(amount * (1 - amount) / n) + 1e-12
-    assert torch.all((y[changed] == 0) | (y[changed] == 1))
-    salt = (y[changed] == 1).double().mean().item()
-    assert abs(salt - 0.5) < 5 * math.sqrt(0.25 / changed.sum().item())
-
-
-@pytest.mark.parametrize("c", [0.05, 0.27])
-def test_add_noise_speckle_std(c, one_thread):
-    value = 0.5
-    x = _stat_batch(value)
-    y = add_noise(x, "speckle", c, seed=3, indices=[0, 1, 2, 3])
-    measured = (y - x).std().item()
-    assert abs(measured / (value * c) - 1) < _rel_std_tolerance(x.numel())
-
-
-@pytest.mark.parametrize("kind", ["gaussian", "shot", "impulse", "speckle"])
-def test_add_noise_independent_of_batching_and_seeded(kind, one_thread):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand((6, 3, 16, 16), generator=gen)
-    level = {"gaussian": 0.1, "shot": 30.0, "impulse": 0.1, "speckle": 0.2}[kind]
-    indices = [10, 11, 12, 13, 14, 15]
-    whole = add_noise(x, kind, level, seed=7, indices=torch.tensor(indices))
-    assert whole.shape == x.shape and whole.dtype == x.dtype and whole.device == x.device
-    assert whole.min() >= 0 and whole.max() <= 1
-    parts = torch.cat(
-        [add_noise(x[:2], kind, level, 7, indices[:2]), add_noise(x[2:], kind, level, 7, indices[2:])]
-    )
-    assert torch.equal(whole, parts)
-    perm = [4, 0, 5, 2, 1, 3]
-    shuffled = add_noise(x[perm], kind, level, 7, [indices[p] for p in perm])
-    assert torch.equal(shuffled, whole[perm])
-    assert not torch.equal(add_noise(x, kind, level, 8, indices), whole)
-    assert not torch.equal(x, whole)
-
-
-def test_add_noise_zero_sigma_is_identity(one_thread):
-    x = torch.rand((2, 3, 8, 8), generator=torch.Generator().manual_seed(1))
-    assert torch.equal(add_noise(x, "gaussian", 0.0, 0, [0, 1]), x)
-    assert torch.equal(add_noise(x, "speckle", 0.0, 0, [0, 1]), x)
-
-
-def test_add_noise_follows_cifar_definition_at_published_level(one_thread):
-    # Same definition and parameter as the numpy cifar profile (not bit-identical).
-    sigma = noise_level("gaussian_noise", 3)
-    x = _stat_batch(GREY / 255)
-    y = add_noise(x, "gaussian", sigma, seed=0, indices=[0, 1, 2, 3])
-    grey = np.full((STAT_SIDE, STAT_SIDE, 3), GREY, dtype=np.uint8)
-    out = corrupt_image(grey, "gaussian_noise", 3, rng=np.random.default_rng(0))
-    numpy_std = (out.astype(np.float64) - GREY).std() / 255
-    assert abs((y - x).std().item() - numpy_std) < 0.02 * sigma
 
 
 # --------------------------------------------------------------------------- determinism of batches
@@ -493,13 +378,3 @@ def test_imagenet_profile_calls_imagecorruptions_deterministically(photo, corrup
     if corruption != "contrast":  # contrast is deterministic
         c = corrupt_image(photo, corruption, 2, profile="imagenet", rng=np.random.default_rng(12))
         assert not np.array_equal(a, c)
-
-
-def test_add_noise_rejects_float_indices():
-    x = torch.full((2, 3, 4, 4), 0.5)
-    with pytest.raises(RobustCSCError, match="integers"):
-        add_noise(x, "gaussian", 0.1, seed=0, indices=[0.0, 1.0])
-    with pytest.raises(RobustCSCError, match="integers"):
-        add_noise(x, "gaussian", 0.1, seed=0, indices=torch.tensor([0.0, 1.0]))
-    out = add_noise(x, "gaussian", 0.1, seed=0, indices=np.array([3, 4]))
-    assert torch.equal(out, add_noise(x, "gaussian", 0.1, seed=0, indices=[3, 4]))

@@ -879,3 +879,17 @@ def test_constructor_rejects_bad_arguments(kwargs):
 def test_wrong_input_channels_raises():
     with pytest.raises(RobustCSCError):
         make_layer(2, 3)(rand(1, 3, 6, 6))
+
+
+def test_eval_on_an_eval_model_keeps_the_step_size_cache():
+    # torchattacks calls .eval() on every attack call; that must not rerun power iteration.
+    layer = CSCConv2d(3, 4, 3, padding=1).eval()
+    x = torch.rand(2, 3, 8, 8)
+    layer(x)
+    cached = dict(layer._eval_step)
+    assert cached
+    layer.eval()
+    assert layer._eval_step == cached
+    layer.train()
+    layer.eval()
+    assert layer._eval_step == {}

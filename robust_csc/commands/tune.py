@@ -1,1 +1,83 @@
-"""Placeholder: filled in by its issue."""
+"""`robust-csc tune-lambda`: choose lambda per noise cell on a tuning split, report on the other, write a policy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from robust_csc.cli import _positive, _say, app, build_suite
+from robust_csc.errors import RobustCSCError
+
+
+@app.command("tune-lambda")
+def tune_lambda(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc SDNet .safetensors checkpoint."),
+    suite: str = typer.Option(..., "--suite", help="generated, cifar10-c, cifar100-c or imagenet-c."),
+    out: Path = typer.Option(..., "--out", help="The lambda policy file to write (JSON)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Base data set of a generated suite [default: the checkpoint's]."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Generated suite parameters: cifar or imagenet [default: cifar]."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
+    corruptions: Optional[List[str]] = typer.Option(None, "--corruptions", help="Comma list [default: all in the suite]."),
+    severities: Optional[List[str]] = typer.Option(None, "--severities", help="Comma list from 1..5 [default: all]."),
+    n_examples: Optional[int] = typer.Option(None, "--n-examples", help="Images per cell, halved into tuning and reporting."),
+    grid: Optional[str] = typer.Option(
+        None, "--grid", help="start:stop:count or a comma list [default: 0.1:1.4:14; 0.5:5:10 with --layers scale]."
+    ),
+    layers: str = typer.Option("stem", "--layers", help="stem, all (one value for every CSC layer) or scale (x trained)."),
+    rule: str = typer.Option("grid", "--rule", help="grid (a lambda per cell) or recon (from the stem's recon error)."),
+    per: str = typer.Option("sample", "--per", help="The recon rule picks lambda per sample or per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the tuning/reporting split (and a generated suite)."),
+    store: Path = typer.Option(Path("results.sqlite"), "--store", help="SQLite results store (created if missing)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Rows per model pass (the sweep packs the grid into them)."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... [default: where the model loads]."),
+    download: bool = typer.Option(False, "--download", help="Download the suite or base data set if missing."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Tune lambda per (corruption, severity) on a tuning split; print the choice and the gains on the reporting split."""
+    from robust_csc.evaluation.store import ResultsStore
+    from robust_csc.tuning import check_grid, default_grid, parse_grid
+    from robust_csc.tuning.grid import check_layers
+    from robust_csc.tuning.policy import RULES
+    from robust_csc.tuning.rule import PER
+    from robust_csc.tuning.tuner import tune_checkpoint
+
+    # Every mistake is refused before the store opens and before any model runs.
+    if out.exists() and not force:
+        raise RobustCSCError(f"{out} already exists; pass --force to replace it or choose another --out")
+    layers = check_layers(layers.lower())
+    if rule not in RULES:
+        raise RobustCSCError(f"unknown --rule {rule!r}; use grid or recon")
+    if per not in PER:
+        raise RobustCSCError(f"unknown --per {per!r}; use sample or batch")
+    values = default_grid(layers) if grid is None else parse_grid(grid, layers)
+    check_grid(values, layers)
+    _positive(batch_size, "--batch-size")
+    if workers < 0:
+        raise RobustCSCError(f"--workers {workers} is negative; pass 0 (no worker processes) or more")
+    chosen = build_suite(
+        checkpoint, suite, dataset=dataset, profile=profile, data_root=data_root, corruptions=corruptions,
+        severities=severities, n_examples=n_examples, seed=seed, download=download,
+    )
+    if not chosen.meta.get("lambda"):
+        raise RobustCSCError(
+            f"{checkpoint} holds a {chosen.meta.get('arch')} model without CSC layers, so lambda cannot be tuned; "
+            "pass an SDNet checkpoint"
+        )
+    if chosen.clean_note:
+        _say(chosen.clean_note)
+    with ResultsStore(store) as results:
+        result = tune_checkpoint(
+            checkpoint, chosen.suite, store=results, clean=chosen.clean, grid=values, layers=layers, rule=rule,
+            per=per, seed=seed, out=out, force=force, dataset=chosen.suite.name, split_base=chosen.split,
+            batch_size=batch_size, num_workers=workers, device=device,
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    _say(f"{chosen.suite!r}, checkpoint {checkpoint} ({chosen.meta.get('arch')})")
+    for line in result.lines():
+        _say(line)
+    _say(f"store: {store}")

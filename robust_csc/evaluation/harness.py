@@ -5,6 +5,11 @@
                       checkpoint_sha256=sha, dataset="digits", clean=generated_clean("digits"))
     result.tables["trained"]   # corruption x severity accuracies
 
+Lambda settings (robust_csc.lambdas): None ("trained"), a number (every CSC
+layer), "stem=0.5", "scale=1.5", a LambdaSetting or a tuned policy
+(robust_csc.tuning); every cell runs inside ``setting.applied(model,
+corruption, severity)`` and is stored under ``setting.name``.
+
 A cell already in the store is skipped, so an interrupted run is resumed by
 running the same call again: it loses at most the cell that was in flight.
 Under torchrun the pending cells are dealt out round-robin over the ranks;
@@ -15,9 +20,9 @@ several processes of one machine write the same file).
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 import numbers
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -28,9 +33,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from robust_csc.csc import csc_layers, lambda_override, record_stats
+from robust_csc.csc import csc_layers, record_stats
 from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.errors import RobustCSCError
+from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes
 from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
 from robust_csc.evaluation.store import CellKey, ResultsStore
 from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
@@ -63,7 +69,7 @@ def lambda_setting_name(value: float | None) -> str:
 
 @dataclass(frozen=True)
 class _Cell:
-    lam: float | None
+    setting: Any  # a LambdaSetting or a policy (robust_csc.lambdas.LambdaPolicyLike)
     corruption: str
     severity: int
 
@@ -71,25 +77,28 @@ class _Cell:
 # ---------------------------------------------------------------- checks
 
 
-def _check_lambdas(lambdas: Iterable[float | None]) -> list[float | None]:
+def _check_lambdas(lambdas: Iterable[Any]) -> list[Any]:
+    """The distinct lambda settings, in order; two different settings may not share a store name."""
     if isinstance(lambdas, (str, bytes)) or not isinstance(lambdas, Iterable):
-        lambdas = [lambdas]  # a single value is a one-setting list
-    checked: list[float | None] = []
-    names: dict[str, float | None] = {}
+        lambdas = [lambdas]  # a single value (or policy) is a one-setting list
+    checked: list[Any] = []
+    names: dict[str, Any] = {}
     for value in lambdas:
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
                 raise RobustCSCError(f"lambda {value!r} is invalid; pass finite numbers >= 0 (or None for the trained lambdas)")
-            value = float(value)
-        name = lambda_setting_name(value)
+        setting = as_setting(value)
+        name = setting.name
         if name in names:
-            if names[name] != value:  # two values that print alike would share one store row
+            # Two fixed settings that print alike would share one store row (a policy's name is its content hash).
+            if isinstance(setting, LambdaSetting) and names[name] != setting:
                 raise RobustCSCError(
-                    f"lambdas {names[name]!r} and {value!r} share the setting name {name!r}; pass values that differ in 6 significant digits"
+                    f"lambda settings {names[name]!r} and {setting!r} share the setting name {name!r}; "
+                    "pass values that differ in 6 significant digits"
                 )
             continue  # a repeated value is one setting
-        names[name] = value
-        checked.append(value)
+        names[name] = setting
+        checked.append(setting)
     if not checked:
         raise RobustCSCError("no lambda setting given; pass lambdas=(None,) for the trained lambdas or a list of values")
     return checked
@@ -129,13 +138,13 @@ def _model_device(model: nn.Module) -> torch.device:
 def _run_cell(
     model: nn.Module,
     data: Dataset,
-    lam: float | None,
+    cell: _Cell,
     has_csc: bool,
     batch_size: int,
     num_workers: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """n, correct, seconds and the stem's mean recon error / code density of one cell."""
+    """n, correct, seconds, the stem's mean recon error / code density, and the setting's extra, of one cell."""
     loader = DataLoader(
         data, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
@@ -145,22 +154,25 @@ def _run_cell(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     recon = torch.zeros((), dtype=torch.float64, device=device)
     density = torch.zeros((), dtype=torch.float64, device=device)
+    extra: dict[str, Any] = {}
     with torch.inference_mode():
-        override = lambda_override(model, lam) if lam is not None else nullcontext()
         stats = record_stats(model, layers="stem") if has_csc else nullcontext()
-        with override, stats as layers:
+        with cell.setting.applied(model, cell.corruption, cell.severity) as run, stats as layers:
             for batch in loader:
                 images, labels = batch[0], batch[1]
                 images = images.to(device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(device, non_blocking=True)
-                logits = model(images)
+                logits = run(images)
                 correct += (logits.argmax(dim=1) == labels).sum()
                 n += int(labels.shape[0])
                 if has_csc:
                     last = next(iter(layers.values())).last_stats
                     recon += last.recon_error.sum(dtype=torch.float64)
                     density += last.code_density.sum(dtype=torch.float64)
-    values: dict[str, Any] = {"n": n, "correct": int(correct.item())}
+            describe = getattr(cell.setting, "cell_extra", None)  # tuned policies say what they chose
+            if describe is not None:
+                extra = dict(describe(cell.corruption, cell.severity, run))
+    values: dict[str, Any] = {"n": n, "correct": int(correct.item()), "extra": extra}
     if has_csc and n > 0:
         values["mean_recon_error"] = recon.item() / n
         values["mean_code_density"] = density.item() / n
@@ -180,7 +192,7 @@ def evaluate(
     checkpoint_sha256: str,
     dataset: str,
     split: str = "test",
-    lambdas: Iterable[float | None] = (None,),
+    lambdas: Iterable[Any] = (None,),
     clean: Dataset | None = None,
     batch_size: int = 256,
     num_workers: int = 0,
@@ -190,7 +202,8 @@ def evaluate(
     """Evaluate model on every (lambda setting, cell) not yet in store; see the module docstring.
 
     lambdas: None = the trained lambdas, a number = every CSC layer's lambda
-    set to it; clean: the clean test set (items (image, label, index)), run
+    set to it, "stem=0.5" / "scale=1.5" / a LambdaSetting / a tuned policy
+    (see robust_csc.lambdas.as_setting); clean: the clean test set (items (image, label, index)), run
     first as the cell ("none", 0); device: None = where the model already is,
     else the model is moved there (and left there). The model is run in eval
     mode and given back in the mode it came in.
@@ -202,10 +215,8 @@ def evaluate(
     batch_size = _check_int(batch_size, "batch_size", 1)
     num_workers = _check_int(num_workers, "num_workers", 0)
     has_csc = bool(csc_layers(model))
-    if not has_csc and any(lam is not None for lam in settings):
-        raise RobustCSCError(
-            f"{model_name} has no CSC layers, so lambda cannot be set; evaluate it with lambdas=(None,) or use an SDNet model"
-        )
+    for setting in settings:
+        check_model_takes(model, setting, model_name)
     config = getattr(model, "config", None)  # create_model records its arguments there
     arguments = config.get("arguments") if isinstance(config, Mapping) else None
     config_classes = arguments.get("num_classes") if isinstance(arguments, Mapping) else None
@@ -228,8 +239,8 @@ def evaluate(
             model=model_name, checkpoint_sha256=checkpoint_sha256, dataset=dataset, split=split, attack="none", epsilon=0.0
         )
         cells = [
-            _Cell(lam, corruption, severity)
-            for lam in settings
+            _Cell(setting, corruption, severity)
+            for setting in settings
             for corruption, severity in ([(CLEAN, 0)] if clean is not None else []) + corrupted
         ]
         keys = {cell: _key(base_key, cell) for cell in cells}
@@ -254,10 +265,10 @@ def evaluate(
         try:
             for cell in mine:
                 if bar is not None:  # names the cell in flight
-                    bar.set_postfix_str(f"{cell.corruption} {cell.severity} lambda {lambda_setting_name(cell.lam)}")
+                    bar.set_postfix_str(f"{cell.corruption} {cell.severity} lambda {cell.setting.name}")
                 data = clean if cell.corruption == CLEAN else suite.dataset(cell.corruption, cell.severity)
-                values = _run_cell(model, data, cell.lam, has_csc, batch_size, num_workers, device)
-                values["extra"] = {"suite": suite.name, "batch_size": batch_size}
+                values = _run_cell(model, data, cell, has_csc, batch_size, num_workers, device)
+                values["extra"] = {"suite": suite.name, "batch_size": batch_size, **values["extra"]}
                 if world > 1:  # which process wrote the row, for checking a sharded run
                     values["extra"]["rank"] = rank
                 store.add(keys[cell], values)  # committed now: a crash loses at most the next cell
@@ -285,7 +296,7 @@ def _key(base: CellKey, cell: _Cell) -> CellKey:
         base.split,
         corruption=cell.corruption,
         severity=cell.severity,
-        lambda_setting=lambda_setting_name(cell.lam),
+        lambda_setting=cell.setting.name,
     )
 
 
@@ -293,8 +304,8 @@ def _result(frame: pd.DataFrame, model_name: str, settings: list, run: int, skip
     tables: dict[str, pd.DataFrame] = {}
     summaries: dict[str, dict] = {}
     unattacked = frame[frame["attack"] == "none"]
-    for lam in settings:
-        name = lambda_setting_name(lam)
+    for setting in settings:
+        name = setting.name
         rows = unattacked[unattacked["lambda_setting"] == name]
         if rows.empty:  # cannot happen after a complete run; kept for a store edited meanwhile
             continue
@@ -308,7 +319,7 @@ def evaluate_checkpoint(
     suite: CorruptionSuite,
     *,
     store: ResultsStore | str | Path,
-    lambdas: Iterable[float | None] = (None,),
+    lambdas: Iterable[Any] = (None,),
     clean: Dataset | None = None,
     **kwargs: Any,
 ) -> EvalResult:

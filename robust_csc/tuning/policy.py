@@ -1,0 +1,243 @@
+"""Lambda policies: a tuned choice of lambda, saved as JSON with the checkpoint hash it was tuned for.
+
+Two rules:
+  "grid"  - CellPolicy: one value per (corruption, severity) cell, the clean
+            cell ("none", 0) included; a cell not in it is an error.
+  "recon" - ReconPolicy: lambda from the stem's reconstruction error by a
+            fitted line (robust_csc.tuning.rule); needs no cell name or label.
+
+A policy is a lambda setting (robust_csc.lambdas.LambdaPolicyLike):
+
+    policy = load_policy("policy.json", checkpoint_sha256=checkpoint_hash(ckpt))
+    with policy.applied(model, "gaussian_noise", 3) as run:   # lambdas restored on exit
+        logits = run(images)
+    policy.name   # "policy:" + the first 12 hex digits of the sha256 of its canonical JSON
+
+The file also records the layers, grid, seed, split names, architecture,
+data set, reference lambda and the calibration points (per cell: the stem's
+mean reconstruction error at the reference lambda and the best grid value).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from torch import nn
+
+from robust_csc.atomic import atomic_write
+from robust_csc.csc import select_csc_layers
+from robust_csc.errors import RobustCSCError
+from robust_csc.tuning.grid import check_layers, setting_for
+from robust_csc.tuning.rule import PER, ReconLambdaModel
+
+POLICY_FORMAT = "robust-csc lambda policy"
+POLICY_VERSION = 1
+RULES = ("grid", "recon")
+_META_FIELDS = ("layers", "grid", "seed", "splits", "arch", "checkpoint_sha256", "dataset", "reference_lambda")
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """One text per content: sorted keys, no spaces (the policy's hash is taken over it)."""
+    try:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise RobustCSCError(f"the lambda policy cannot be written as JSON ({err}); pass plain numbers and strings") from None
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise RobustCSCError(f"lambda policy field {what} is {value!r}; it must be a finite number (re-run tune-lambda)")
+    return float(value)
+
+
+class LambdaPolicy:
+    """What both rules share: the metadata, the name, the file."""
+
+    rule = ""
+
+    def __init__(self, meta: Mapping[str, Any]) -> None:
+        missing = [f for f in _META_FIELDS if f not in meta]
+        if missing:
+            raise RobustCSCError(f"lambda policy lacks {', '.join(missing)}; write it with tune-lambda")
+        self.meta = {f: meta[f] for f in _META_FIELDS}
+        self.meta["layers"] = check_layers(self.meta["layers"])
+        self.meta["grid"] = [_number(v, "grid") for v in self.meta["grid"]]
+        if not self.meta["grid"]:
+            raise RobustCSCError("lambda policy has an empty grid; write it with tune-lambda")
+        self.meta["reference_lambda"] = _number(self.meta["reference_lambda"], "reference_lambda")
+
+    @property
+    def layers(self) -> str:
+        return self.meta["layers"]
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        return str(self.meta["checkpoint_sha256"])
+
+    def _body(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "rule": self.rule, **self.meta, **self._body()}
+
+    @property
+    def name(self) -> str:
+        """The store's lambda_setting of this policy: "policy:" + 12 hex digits of its content hash."""
+        return "policy:" + hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:12]
+
+    def _check_model(self, model: nn.Module) -> None:
+        select_csc_layers(model)  # a model without CSC layers: one clear error
+        config = getattr(model, "config", None)
+        arch = config.get("arch") if isinstance(config, Mapping) else None
+        if arch is not None and self.meta["arch"] and arch != self.meta["arch"]:
+            raise RobustCSCError(
+                f"lambda policy {self.name} was tuned for a {self.meta['arch']} model, not {arch}; "
+                "tune a policy for this checkpoint with tune-lambda"
+            )
+
+    def save(self, path: str | Path, force: bool = False) -> Path:
+        """Write the policy as JSON, atomically; an existing file only with force."""
+        path = Path(path)
+        if path.exists() and not force:
+            raise RobustCSCError(f"{path} already exists; pass --force (force=True) to replace it or choose another file")
+        if path.is_dir():
+            raise RobustCSCError(f"{path} is a folder; pass a file name for the policy, such as {path / 'policy.json'}")
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        return atomic_write(path, lambda f: f.write(text.encode()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name}, layers={self.layers})"
+
+
+class CellPolicy(LambdaPolicy):
+    """One lambda per (corruption, severity) cell: the oracle of the tuning split."""
+
+    rule = "grid"
+
+    def __init__(self, cells: Mapping[tuple[str, int], float], meta: Mapping[str, Any], calibration: list | None = None) -> None:
+        super().__init__(meta)
+        if not cells:
+            raise RobustCSCError("a cell lambda policy needs at least one cell; tune at least one cell")
+        self.cells = {(str(c), int(s)): _number(v, f"lambda of {c} {s}") for (c, s), v in cells.items()}
+        for value in self.cells.values():
+            setting_for(self.layers, value)  # a value the layers cannot take fails here, not at use
+        self.calibration = list(calibration or [])
+
+    def _body(self) -> dict[str, Any]:
+        cells = [{"corruption": c, "severity": s, "lambda": v} for (c, s), v in sorted(self.cells.items())]
+        return {"cells": cells, "calibration": self.calibration}
+
+    def value_for(self, corruption: str = "none", severity: int = 0) -> float:
+        key = (str(corruption), int(severity))
+        if key not in self.cells:
+            raise RobustCSCError(
+                f"lambda policy {self.name} has no lambda for cell ({corruption}, {severity}); "
+                f"tune that cell with tune-lambda or use a recon-rule policy (--rule recon)"
+            )
+        return self.cells[key]
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module, corruption: str = "none", severity: int = 0) -> Iterator[nn.Module]:
+        """The model with the cell's lambda set on the policy's layers; restored on exit."""
+        value = self.value_for(corruption, severity)
+        self._check_model(model)
+        with setting_for(self.layers, value).applied(model) as run:
+            yield run
+
+    def cell_extra(self, corruption: str, severity: int, run: nn.Module) -> dict[str, Any]:
+        """What the store's extra records for a cell evaluated under this policy."""
+        return {"lambda": self.value_for(corruption, severity), "rule": self.rule, "layers": self.layers}
+
+
+class ReconPolicy(LambdaPolicy):
+    """Lambda = clip(slope * e + intercept) from the stem's reconstruction error e at the reference lambda."""
+
+    rule = "recon"
+
+    def __init__(
+        self,
+        *,
+        slope: float,
+        intercept: float,
+        clip: tuple[float, float],
+        per: str,
+        meta: Mapping[str, Any],
+        calibration: list | None = None,
+    ) -> None:
+        super().__init__(meta)
+        if per not in PER:
+            raise RobustCSCError(f"unknown per {per!r} in the lambda policy; use 'sample' or 'batch'")
+        self.slope, self.intercept = _number(slope, "slope"), _number(intercept, "intercept")
+        self.clip = (_number(clip[0], "clip"), _number(clip[1], "clip"))
+        self.per = per
+        self.calibration = list(calibration or [])
+
+    def _body(self) -> dict[str, Any]:
+        fit = {"slope": self.slope, "intercept": self.intercept, "clip": list(self.clip), "per": self.per,
+               "feature": "stem reconstruction error at reference_lambda"}
+        return {"fit": fit, "calibration": self.calibration}
+
+    def wrap(self, model: nn.Module) -> ReconLambdaModel:
+        return ReconLambdaModel(
+            model, slope=self.slope, intercept=self.intercept, clip=self.clip,
+            reference=self.meta["reference_lambda"], layers=self.layers, per=self.per,
+        )
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module, corruption: str = "none", severity: int = 0) -> Iterator[nn.Module]:
+        """The label-free wrapper (the cell is ignored: the rule never needs it); lambdas restored on exit."""
+        self._check_model(model)
+        yield self.wrap(model)  # the wrapper restores the lambdas after every forward pass
+
+    def cell_extra(self, corruption: str, severity: int, run: nn.Module) -> dict[str, Any]:
+        mean = run.mean_lambda() if isinstance(run, ReconLambdaModel) else None
+        return {"mean_lambda": mean, "rule": self.rule, "layers": self.layers}
+
+
+def policy_from_dict(data: Mapping[str, Any], source: str = "the lambda policy") -> LambdaPolicy:
+    """Rebuild a policy from its JSON content."""
+    if not isinstance(data, Mapping) or data.get("format") != POLICY_FORMAT:
+        raise RobustCSCError(f"{source} is not a robust-csc lambda policy; pass a file written by tune-lambda")
+    if data.get("version") != POLICY_VERSION:
+        raise RobustCSCError(f"{source} has policy version {data.get('version')!r}, this robust-csc reads {POLICY_VERSION}; re-run tune-lambda")
+    rule = data.get("rule")
+    try:
+        if rule == "grid":
+            cells = {(c["corruption"], c["severity"]): c["lambda"] for c in data["cells"]}
+            return CellPolicy(cells, data, data.get("calibration"))
+        if rule == "recon":
+            fit = data["fit"]
+            return ReconPolicy(slope=fit["slope"], intercept=fit["intercept"], clip=tuple(fit["clip"]),
+                               per=fit["per"], meta=data, calibration=data.get("calibration"))
+    except (KeyError, TypeError, IndexError) as err:
+        raise RobustCSCError(f"{source} is incomplete ({err!r} is missing or malformed); re-run tune-lambda") from None
+    raise RobustCSCError(f"{source} has unknown rule {rule!r}; use a policy with rule 'grid' or 'recon'")
+
+
+def load_policy(path: str | Path, checkpoint_sha256: str | None = None) -> LambdaPolicy:
+    """Read a policy file; with checkpoint_sha256, refuse a policy tuned for another checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobustCSCError(f"lambda policy {path} does not exist; pass a file written by tune-lambda --out")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RobustCSCError(f"{path} is not readable JSON ({type(err).__name__}); pass a file written by tune-lambda") from None
+    policy = policy_from_dict(data, str(path))
+    if checkpoint_sha256 is not None and policy.checkpoint_sha256 != checkpoint_sha256:
+        raise RobustCSCError(
+            f"lambda policy {path} was tuned for checkpoint {policy.checkpoint_sha256} but this checkpoint is "
+            f"{checkpoint_sha256}; tune a policy for this checkpoint with tune-lambda"
+        )
+    return policy
+
+
+__all__ = [
+    "CellPolicy", "LambdaPolicy", "POLICY_FORMAT", "RULES", "ReconPolicy", "canonical_json", "load_policy", "policy_from_dict",
+]

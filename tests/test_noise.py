@@ -1,0 +1,258 @@
+"""Tests for robust_csc.corruptions.noise: batched, counter-seeded pixel noise in torch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from robust_csc.corruptions import add_noise, corrupt_image, noise_level
+from robust_csc.corruptions import noise as noise_module
+from robust_csc.errors import RobustCSCError
+
+KINDS = ("gaussian", "shot", "impulse", "speckle")
+LEVELS = {"gaussian": 0.1, "shot": 30.0, "impulse": 0.1, "speckle": 0.2}
+
+
+def _rel_std_tolerance(n: int, k: float = 6.0) -> float:
+    # The sample std of n normal values has relative standard error ~ 1/sqrt(2n).
+    return k / math.sqrt(2 * n)
+
+
+def _stat_batch(value: float) -> torch.Tensor:
+    # 4 images of 3x128x128: 196608 values.
+    return torch.full((4, 3, 128, 128), value, dtype=torch.float64)
+
+
+def _photos(n: int = 6, shape=(3, 16, 16)) -> torch.Tensor:
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(0))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kind, level",
+    [
+        ("gaussian", -0.1),
+        ("speckle", -1e-3),
+        ("shot", -5.0),
+        ("shot", 0.0),
+        ("shot", 2e6),
+        ("impulse", 0.0),
+        ("impulse", 1.5),
+        ("impulse", -0.2),
+        ("gaussian", float("nan")),
+        ("gaussian", float("inf")),
+        ("gaussian", True),
+        ("poisson", 0.1),
+    ],
+)
+def test_rejects_bad_levels(kind, level):
+    with pytest.raises(RobustCSCError):
+        add_noise(torch.full((1, 3, 8, 8), 0.5), kind, level, seed=0, indices=[0])
+
+
+def test_rejects_bad_batches_indices_and_seeds():
+    x = torch.full((2, 3, 4, 4), 0.5)
+    with pytest.raises(RobustCSCError, match="indices"):
+        add_noise(x, "gaussian", 0.1, seed=0, indices=[0])
+    with pytest.raises(RobustCSCError, match="float tensor"):
+        add_noise(x.to(torch.uint8), "gaussian", 0.1, seed=0, indices=[0, 1])
+    with pytest.raises(RobustCSCError, match="float tensor"):
+        add_noise(x[0], "gaussian", 0.1, seed=0, indices=[0, 1])
+    for bad in ([0.0, 1.0], torch.tensor([0.0, 1.0]), np.array([0.5, 1.0]), [True, False], [-1, 0], torch.tensor([0, -3])):
+        with pytest.raises(RobustCSCError, match="integers|non-negative"):
+            add_noise(x, "gaussian", 0.1, seed=0, indices=bad)
+    with pytest.raises(RobustCSCError, match="seed"):
+        add_noise(x, "gaussian", 0.1, seed=-1, indices=[0, 1])
+    # Every integer container gives the same result.
+    out = add_noise(x, "gaussian", 0.1, seed=0, indices=[3, 4])
+    for same in (np.array([3, 4]), torch.tensor([3, 4], dtype=torch.int32), range(3, 5)):
+        assert torch.equal(out, add_noise(x, "gaussian", 0.1, seed=0, indices=same))
+
+
+# --------------------------------------------------------------------------- statistics against the parameter
+
+
+@pytest.mark.parametrize("sigma", [0.021, 0.05, 0.13])
+def test_gaussian_std_and_normality(sigma, one_thread):
+    x = _stat_batch(0.5)  # clipping needs |z| > 3.8 sigma at sigma 0.13: negligible
+    y = add_noise(x, "gaussian", sigma, seed=3, indices=[0, 1, 2, 3])
+    assert y.min() >= 0 and y.max() <= 1
+    z = ((y - x) / sigma).flatten().numpy()
+    assert abs(z.std() - 1) < _rel_std_tolerance(z.size)
+    assert abs(z.mean()) < 6 / math.sqrt(z.size)
+    assert scipy.stats.kstest(z, "norm").pvalue > 1e-3
+
+
+def test_gaussian_matches_the_cifar_definition_at_the_published_level(one_thread):
+    # Same definition and parameter as the numpy cifar profile (not the same draws).
+    sigma = noise_level("gaussian_noise", 3)
+    grey = 128
+    x = _stat_batch(grey / 255)
+    y = add_noise(x, "gaussian", sigma, seed=0, indices=[0, 1, 2, 3])
+    out = corrupt_image(np.full((256, 256, 3), grey, dtype=np.uint8), "gaussian_noise", 3, rng=np.random.default_rng(0))
+    numpy_std = (out.astype(np.float64) - grey).std() / 255
+    assert abs((y - x).std().item() - numpy_std) < 0.02 * sigma
+
+
+@pytest.mark.parametrize("c", [0.05, 0.27])
+def test_speckle_multiplicative_std(c, one_thread):
+    for value in (0.5, 0.25):
+        x = _stat_batch(value)
+        y = add_noise(x, "speckle", c, seed=3, indices=[0, 1, 2, 3])
+        measured = (y - x).std().item()
+        assert abs(measured / (value * c) - 1) < _rel_std_tolerance(x.numel())
+
+
+@pytest.mark.parametrize("amount", [0.015, 0.37, 1.0])
+def test_impulse_salt_and_pepper_fractions(amount, one_thread):
+    x = _stat_batch(0.5)
+    y = add_noise(x, "impulse", amount, seed=3, indices=[0, 1, 2, 3])
+    changed = y != x
+    n = x.numel()
+    assert abs(changed.double().mean().item() - amount) < 5 * math.sqrt(amount * (1 - amount) / n) + 1e-12
+    assert torch.all((y[changed] == 0) | (y[changed] == 1))
+    salt = (y[changed] == 1).double().mean().item()
+    assert abs(salt - 0.5) < 5 * math.sqrt(0.25 / changed.sum().item())
+
+
+@pytest.mark.parametrize("c", [20.0, 137.5, 1000.0])
+def test_shot_mean_and_variance(c, one_thread):
+    value = 0.25  # poisson(0.25 c) exceeds c (clip) with negligible probability
+    x = _stat_batch(value)
+    y = add_noise(x, "shot", c, seed=3, indices=[0, 1, 2, 3])
+    n = x.numel()
+    assert abs(y.var().item() / (value / c) - 1) < 6 * math.sqrt(2 / n) + 0.01
+    assert abs(y.mean().item() - value) < 6 * math.sqrt(value / c / n)
+
+
+def _poisson_counts(lam: float, n_images: int = 4) -> np.ndarray:
+    """Shot-noise counts at rate lam: a constant image x = lam / c with c = 10 lam (clipping never binds)."""
+    c = 10.0 * lam
+    x = torch.full((n_images, 3, 64, 64), lam / c, dtype=torch.float64)
+    y = add_noise(x, "shot", c, seed=11, indices=range(n_images))
+    counts = torch.round(y * c).flatten().numpy()
+    assert np.allclose(counts, y.flatten().numpy() * c)  # whole counts
+    return counts.astype(np.int64)
+
+
+# Below 10: the inversion sampler; from 10: PTRS; 9.99 and 10 straddle the switch.
+@pytest.mark.parametrize("lam", [0.3, 2.5, 9.99, 10.0, 37.5, 420.0])
+def test_shot_counts_follow_the_poisson_distribution(lam, one_thread):
+    counts = _poisson_counts(lam)
+    dist = scipy.stats.poisson(lam)
+    # Bins with >= 20 expected counts; the two tails lumped into the end bins.
+    lo, hi = int(dist.ppf(1e-3)), int(dist.isf(1e-3))
+    edges = np.arange(lo, hi + 1)
+    observed = np.array([(counts <= lo).sum(), *[(counts == k).sum() for k in edges[1:-1]], (counts >= hi).sum()])
+    expected = np.array([dist.cdf(lo), *dist.pmf(edges[1:-1]), dist.sf(hi - 1)]) * counts.size
+    assert observed.sum() == counts.size
+    assert scipy.stats.chisquare(observed, expected).pvalue > 1e-3
+    assert abs(counts.mean() - lam) < 6 * math.sqrt(lam / counts.size)
+
+
+def test_shot_fused_kernel_and_its_finish_equal_the_eager_sampler(one_thread):
+    # The compiled path's math (fixed work per value, -1 where undecided, then the
+    # exact finish) run eagerly here: it must give the eager sampler's very counts.
+    x = torch.rand((5, 3, 24, 24), generator=torch.Generator().manual_seed(4)).reshape(5, -1)
+    k1, k2 = noise_module._image_keys(0, "shot", torch.arange(5))
+    undecided = 0
+    for level in (3.0, 14.0, 60.0, 500.0):
+        level_t = torch.tensor(level)
+        bulk = noise_module._shot_kernel(x, k1, k2, level_t)
+        undecided += int((bulk < 0).sum())
+        noise_module._finish_shot(bulk, x, k1, k2, level, x.shape[1])
+        assert torch.equal(bulk, noise_module._shot_eager(x, k1, k2, level_t))
+    assert undecided > 0  # the finish had work to do
+
+
+# --------------------------------------------------------------------------- determinism per image
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_independent_of_batching_order_and_chunking(kind, one_thread, monkeypatch):
+    x = _photos(6, (3, 5, 5))  # 75 values: odd, so the unpaired Box-Muller value is covered
+    level = LEVELS[kind]
+    indices = [10, 11, 12, 13, 14, 15]
+    whole = add_noise(x, kind, level, seed=7, indices=torch.tensor(indices))
+    assert whole.shape == x.shape and whole.dtype == x.dtype and whole.device == x.device
+    assert whole.min() >= 0 and whole.max() <= 1
+    parts = torch.cat([add_noise(x[:2], kind, level, 7, indices[:2]), add_noise(x[2:], kind, level, 7, indices[2:])])
+    assert torch.equal(whole, parts)
+    perm = [4, 0, 5, 2, 1, 3]
+    shuffled = add_noise(x[perm], kind, level, 7, [indices[p] for p in perm])
+    assert torch.equal(shuffled, whole[perm])
+    single = torch.cat([add_noise(x[i : i + 1], kind, level, 7, [indices[i]]) for i in range(6)])
+    assert torch.equal(single, whole)
+    monkeypatch.setattr(noise_module, "_EAGER_CHUNK", 80)  # one image per eager chunk
+    assert torch.equal(add_noise(x, kind, level, 7, indices), whole)
+    assert not torch.equal(add_noise(x, kind, level, 8, indices), whole)  # the seed matters
+    assert not torch.equal(x, whole)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_different_images_get_different_noise(kind, one_thread):
+    x = torch.full((3, 3, 32, 32), 0.5)
+    level = LEVELS[kind]
+    y = add_noise(x, kind, level, seed=0, indices=[0, 1, 2**40 + 1])  # indices beyond 32 bits too
+    noise = (y - x).reshape(3, -1)
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not torch.equal(noise[a], noise[b])
+        r = np.corrcoef(noise[a].numpy(), noise[b].numpy())[0, 1]
+        assert abs(r) < 6 / math.sqrt(noise.shape[1])
+    # The same image index under another noise kind draws other uniforms.
+    other = "gaussian" if kind != "gaussian" else "speckle"
+    assert not torch.equal(add_noise(x, other, LEVELS[other], 0, [0, 1, 2**40 + 1]), y)
+
+
+def test_zero_sigma_is_identity_and_dtypes_are_kept(one_thread):
+    x = _photos(2, (3, 8, 8))
+    assert torch.equal(add_noise(x, "gaussian", 0.0, 0, [0, 1]), x)
+    assert torch.equal(add_noise(x, "speckle", 0.0, 0, [0, 1]), x)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        for kind in KINDS:
+            y = add_noise(x.to(dtype), kind, LEVELS[kind], 0, [0, 1])
+            assert y.dtype == dtype and y.shape == x.shape
+    # float64 keeps the float32 draws: same noisy values up to float32 rounding.
+    y32 = add_noise(x, "gaussian", 0.1, 0, [0, 1])
+    y64 = add_noise(x.double(), "gaussian", 0.1, 0, [0, 1])
+    assert torch.allclose(y64.float(), y32, atol=1e-6)
+
+
+def test_empty_batch():
+    x = torch.zeros((0, 3, 4, 4))
+    assert add_noise(x, "shot", 10.0, 0, []).shape == (0, 3, 4, 4)
+
+
+# --------------------------------------------------------------------------- the compiled kernel
+
+
+def test_compiled_impulse_equals_eager(one_thread):
+    # Impulse is the cheapest kernel to compile (seconds) and has no transcendental
+    # functions, so compiled and eager must agree bit for bit, per image and batch.
+    x = _photos(5, (3, 8, 8))
+    eager = add_noise(x, "impulse", 0.3, 5, range(5))
+    compiled = add_noise(x, "impulse", 0.3, 5, range(5), compiled=True)
+    assert torch.equal(compiled, eager)
+    assert torch.equal(add_noise(x[3:], "impulse", 0.3, 5, [3, 4], compiled=True), eager[3:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_matches_cpu(kind):
+    x = _photos(4, (3, 32, 32))
+    cpu = add_noise(x, kind, LEVELS[kind], 2, range(4))
+    gpu = add_noise(x.cuda(), kind, LEVELS[kind], 2, torch.arange(4).cuda())
+    assert gpu.device.type == "cuda"
+    if kind == "impulse":
+        assert torch.equal(gpu.cpu(), cpu)  # integer decisions only
+    elif kind == "shot":
+        # Counts can flip only where a float comparison sits on a rounding boundary.
+        assert (gpu.cpu() != cpu).float().mean().item() < 1e-3
+    else:
+        assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
