@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_csc.attacks import (
-    AttackSpec,
     as_specs,
     attack_checkpoint,
     make_adapter,
@@ -28,7 +27,7 @@ from robust_csc.csc import csc_layers, get_lambda
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.store import ResultsStore
 from robust_csc.models import create_model
-from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
+from robust_csc.models.checkpoints import load_checkpoint
 from robust_csc.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,6 +1,5 @@
 """`robust-csc attack` end to end: table and checks printed, cells stored, one-line errors that leave the store alone."""
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -17,7 +17,7 @@ from robust_csc.evaluation.harness import evaluate
 from robust_csc.evaluation.store import ResultsStore
 from robust_csc.lambdas import LambdaSetting
 from robust_csc.models import create_model
-from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
+from robust_csc.models.checkpoints import load_checkpoint
 from robust_csc.training import FINAL_NAME, TrainConfig, train
 from robust_csc.tuning import (
     CellPolicy, ReconPolicy, TuningSplit, choose, fit_line, load_policy, parse_grid, split_positions, sweep_cell,

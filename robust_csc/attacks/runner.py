@@ -17,7 +17,6 @@ epsilon ball and in [0, 1] count.
 
 from __future__ import annotations
 
-import math
 import numbers
 import time
 from dataclasses import dataclass, field

@@ -288,7 +288,7 @@ def _check_autoattack_params(key: str, params: dict[str, Any], checked: dict[str
         checked["attacks"] = attacks
         checked["version"] = "custom"
     elif version == "custom":
-        raise RobustCSCError(f"AutoAttack version custom needs an attack list; pass e.g. autoattack[attacks=apgd-ce+apgd-t]")
+        raise RobustCSCError("AutoAttack version custom needs an attack list; pass e.g. autoattack[attacks=apgd-ce+apgd-t]")
     elif version is not None:
         checked["version"] = version
 

@@ -24,7 +24,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from robust_csc.csc import CSCConv2d, csc_layers, select_csc_layers, synthesis
