@@ -136,26 +136,6 @@ def parse_severities(values: Optional[List[str]]) -> Optional[tuple[int, ...]]:
     return tuple(sorted(set(out)))
 
 
-def parse_lambdas(values: Optional[List[str]]) -> tuple[Optional[float], ...]:
-    """Lambda settings: 'trained' (the checkpoint's own lambdas, None) or a number >= 0."""
-    items = _items(values)
-    if not items:
-        return (None,)
-    out: list[Optional[float]] = []
-    for item in items:
-        if item.lower() in ("trained", "none"):
-            out.append(None)
-            continue
-        try:
-            value = float(item)
-        except ValueError:
-            raise RobustCSCError(f"lambda {item!r} is not a number; pass a number >= 0 or 'trained'") from None
-        if not math.isfinite(value) or value < 0:
-            raise RobustCSCError(f"lambda {item!r} is not a finite number >= 0; pass a number >= 0 or 'trained'")
-        out.append(value)
-    return tuple(dict.fromkeys(out))
-
-
 def parse_lambda_settings(values: Optional[List[str]]) -> tuple:
     """Lambda settings: 'trained', a number (every CSC layer), 'stem=0.5' or 'scale=1.5' (robust_csc.lambdas)."""
     from robust_csc.lambdas import LambdaSetting
@@ -179,6 +159,16 @@ def _positive(value: Optional[int], option: str) -> Optional[int]:
     if value is not None and value < 1:
         raise RobustCSCError(f"{option} {value} is not positive; pass an integer of at least 1")
     return value
+
+
+def _not_negative(value: int, option: str, fix: str = "pass an integer >= 0") -> int:
+    if value < 0:
+        raise RobustCSCError(f"{option} {value} is negative; {fix}")
+    return value
+
+
+def _workers(value: int) -> int:
+    return _not_negative(value, "--workers", "pass 0 (no worker processes) or more")
 
 
 def _fmt(value) -> str:
@@ -251,8 +241,7 @@ def build_suite(
     chosen_severities = parse_severities(severities)
     _positive(n_examples, "--n-examples")
     _positive(images_per_severity, "--images-per-severity")
-    if seed < 0:
-        raise RobustCSCError(f"--seed {seed} is negative; pass an integer >= 0")
+    _not_negative(seed, "--seed")
     meta = read_metadata(checkpoint)
     num_classes = meta.get("num_classes")
     expected = _SUITE_CLASSES.get(suite_name)
@@ -373,8 +362,7 @@ def evaluate(
         # Another checkpoint's policy is refused here, before the store opens.
         chosen_lambdas = tuple(dict.fromkeys(chosen_lambdas + (load_policy(lambda_policy, checkpoint_hash(checkpoint)),)))
     _positive(batch_size, "--batch-size")
-    if workers < 0:
-        raise RobustCSCError(f"--workers {workers} is negative; pass 0 (no worker processes) or more")
+    _workers(workers)
     chosen = build_suite(
         checkpoint, suite, dataset=dataset, profile=profile, data_root=data_root, corruptions=corruptions,
         severities=severities, n_examples=n_examples, seed=seed, download=download,
@@ -491,8 +479,7 @@ def corrupt(
             "pass --severities 1,2,3,4,5 or leave it out"
         )
     _positive(n_examples, "--n-examples")
-    if seed < 0:
-        raise RobustCSCError(f"--seed {seed} is negative; pass an integer >= 0")
+    _not_negative(seed, "--seed")
     # Refused before the (slow) corruption work; write_cifar_c checks again when it writes.
     if out.exists() and not out.is_dir():
         raise RobustCSCError(f"{out} exists and is not a folder; choose another output folder")

@@ -1,10 +1,12 @@
-"""Process-level settings for fast CPU training (opt-in, Linux/glibc only)."""
+"""Process-level settings for fast CPU training (opt-in, Linux/glibc only), and where a model lives."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import sys
+
+import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -32,3 +34,10 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's parameters (the CPU for a model without any)."""
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")

@@ -39,8 +39,9 @@ from robust_csc.attacks.specs import (
     is_minimum_norm,
 )
 from robust_csc.errors import RobustCSCError
-from robust_csc.evaluation.store import CellKey, ResultsStore
+from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.lambdas import as_setting, check_model_takes
+from robust_csc.runtime import model_device
 
 WORST_CASE = "worst-case"
 PROBABILITY_TOLERANCE = 1e-5
@@ -127,20 +128,6 @@ def _check_data(images: object, labels: object) -> tuple[Tensor, Tensor]:
     if not bool(torch.isfinite(images).all()) or float(images.min()) < 0 or float(images.max()) > 1:
         raise RobustCSCError("images must have pixels in [0, 1] (the models normalise inside); do not normalise them")
     return images.detach().cpu(), labels.detach().cpu().long()
-
-
-def _open_store(store: ResultsStore | str | Path) -> tuple[ResultsStore, bool]:
-    if isinstance(store, ResultsStore):
-        return store, False
-    if isinstance(store, (str, Path)):
-        return ResultsStore(store), True
-    raise RobustCSCError(f"store is a {type(store).__name__}; pass a ResultsStore or the path of a results file")
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _predict(run: nn.Module, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
@@ -268,8 +255,8 @@ def run_attacks(
     check_model_takes(model, setting, model_name)
     base = CellKey(model_name, checkpoint_sha256, dataset, split, lambda_setting=setting.name)
     if not isinstance(store, (ResultsStore, str, Path)):
-        _open_store(store)  # raises the one-line error
-    device = _device_of(model) if device is None else torch.device(device)
+        open_store(store)  # raises the one-line error
+    device = model_device(model) if device is None else torch.device(device)
 
     was_training = model.training
     model.to(device).eval()
@@ -279,7 +266,7 @@ def run_attacks(
             num_classes = _check_logits(logits, labels, model_name)
             adapters = {s: make_adapter(s, norm, num_classes, seed=seed, batch_size=batch_size) for s in specs}
             clean = logits.argmax(dim=1) == labels
-            handle, owned = _open_store(store)
+            handle, owned = open_store(store)
             try:
                 return _run(run, handle, base, specs, adapters, images, labels, clean, eps_list, norm, seed, batch_size, device, checks, progress)
             finally:

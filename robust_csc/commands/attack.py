@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from robust_csc.cli import _items, _positive, _say, app
+from robust_csc.cli import _items, _not_negative, _positive, _say, app
 from robust_csc.errors import RobustCSCError
 
 
@@ -62,8 +62,7 @@ def attack(
         check_norm_fits(spec, chosen_norm)
     _positive(n_examples, "--n-examples")
     _positive(batch_size, "--batch-size")
-    if seed < 0:
-        raise RobustCSCError(f"--seed {seed} is negative; pass an integer >= 0")
+    _not_negative(seed, "--seed")
     if lam is not None and lambda_policy is not None:
         raise RobustCSCError("--lambda and --lambda-policy both set the lambdas; pass one of them")
     if device is not None:

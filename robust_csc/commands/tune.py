@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from robust_csc.cli import _positive, _say, app, build_suite
+from robust_csc.cli import _positive, _say, _workers, app, build_suite
 from robust_csc.errors import RobustCSCError
 
 
@@ -57,8 +57,7 @@ def tune_lambda(
     values = default_grid(layers) if grid is None else parse_grid(grid, layers)
     check_grid(values, layers)
     _positive(batch_size, "--batch-size")
-    if workers < 0:
-        raise RobustCSCError(f"--workers {workers} is negative; pass 0 (no worker processes) or more")
+    _workers(workers)
     chosen = build_suite(
         checkpoint, suite, dataset=dataset, profile=profile, data_root=data_root, corruptions=corruptions,
         severities=severities, n_examples=n_examples, seed=seed, download=download,

@@ -38,8 +38,9 @@ from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.errors import RobustCSCError
 from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes
 from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
-from robust_csc.evaluation.store import CellKey, ResultsStore
+from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
+from robust_csc.runtime import model_device
 
 TRAINED = "trained"  # the lambda setting of a model run with the lambdas it was trained with
 
@@ -64,7 +65,7 @@ class EvalResult:
 
 def lambda_setting_name(value: float | None) -> str:
     """The store's name of a lambda setting: "trained" for None, else the value as f"{value:g}"."""
-    return TRAINED if value is None else f"{float(value):g}"
+    return as_setting(value).name
 
 
 @dataclass(frozen=True)
@@ -110,26 +111,11 @@ def _check_int(value: object, what: str, minimum: int) -> int:
     return int(value)
 
 
-def _open_store(store: ResultsStore | str | Path) -> tuple[ResultsStore, bool]:
-    """(the store, whether we opened it and so must close it)."""
-    if isinstance(store, ResultsStore):
-        return store, False
-    if isinstance(store, (str, Path)):
-        return ResultsStore(store), True
-    raise RobustCSCError(f"store is a {type(store).__name__}; pass a ResultsStore or the path of a results file")
-
-
 def _distributed() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside torchrun."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------- one cell
@@ -230,9 +216,9 @@ def evaluate(
     if not corrupted and clean is None:
         raise RobustCSCError(f"the suite {suite.name} selects no cells and no clean set was given; select at least one corruption and severity")
     base_key = CellKey(model_name, checkpoint_sha256, dataset, split)  # checks the identity fields up front
-    device = _model_device(model) if device is None else torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
 
-    store, owned = _open_store(store)
+    store, owned = open_store(store)
     try:
         rank, world = _distributed()
         done = store.done_keys(
@@ -327,7 +313,7 @@ def evaluate_checkpoint(
     dataset = its recorded data set unless dataset= is given (other keywords go to evaluate)."""
     if not isinstance(suite, CorruptionSuite):
         raise RobustCSCError(f"suite is a {type(suite).__name__}; pass a CorruptionSuite (load_cifar_c, generated_suite, ...)")
-    store, owned = _open_store(store)  # a bad store fails before the model is loaded
+    store, owned = open_store(store)  # a bad store fails before the model is loaded
     try:
         model, meta = load_checkpoint(path, expect_num_classes=suite.num_classes)
         kwargs.setdefault("model_name", meta["arch"])

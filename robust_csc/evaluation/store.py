@@ -434,5 +434,14 @@ class ResultsStore:
         return frame
 
 
-__all__ = ["APP_NAME", "SCHEMA_VERSION", "KEY_COLUMNS", "VALUE_COLUMNS", "CellKey", "ResultsStore"]
+def open_store(store: "ResultsStore | str | Path") -> tuple[ResultsStore, bool]:
+    """(the store, whether it was opened here and so must be closed by the caller)."""
+    if isinstance(store, ResultsStore):
+        return store, False
+    if isinstance(store, (str, Path)):
+        return ResultsStore(store), True
+    raise RobustCSCError(f"store is a {type(store).__name__}; pass a ResultsStore or the path of a results file")
+
+
+__all__ = ["APP_NAME", "SCHEMA_VERSION", "KEY_COLUMNS", "VALUE_COLUMNS", "CellKey", "ResultsStore", "open_store"]
 

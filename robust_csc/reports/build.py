@@ -32,6 +32,7 @@ from robust_csc.reports.cells import (
     chosen_lambda,
     corruption_order,
     format_epsilon,
+    known_setting,
     lambda_order,
     report_split,
     series_of,
@@ -500,13 +501,8 @@ def _tuning(b: _Builder, cells: Cells) -> Section:
 
 
 def _grid_kind(name: str) -> str | None:
-    from robust_csc.lambdas import LambdaSetting
-
-    try:
-        setting = LambdaSetting.parse(name)
-    except RobustCSCError:
-        return None
-    return None if setting.kind == "trained" else setting.kind
+    setting = known_setting(name)
+    return None if setting is None or setting.kind == "trained" else setting.kind
 
 
 # ---------------------------------------------------------------- the model's own plots

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from robust_csc.corruptions.names import ALL
+from robust_csc.errors import RobustCSCError
 from robust_csc.lambdas import LambdaSetting
 
 SERIES_COLUMNS = ("model", "checkpoint_sha256", "dataset", "split", "lambda_setting")
@@ -72,15 +73,22 @@ class Series:
         return frame[mask]
 
 
+def known_setting(name: str) -> LambdaSetting | None:
+    """The fixed lambda setting a store name stands for; None for a policy or a name some other tool wrote."""
+    try:
+        return LambdaSetting.parse(name)
+    except RobustCSCError:
+        return None
+
+
 def lambda_order(name: str) -> tuple:
     """trained first, then fixed settings by kind and value, then policies by name."""
     if name == TRAINED:
         return (0, "", 0.0, name)
     if name.startswith(POLICY_PREFIX):
         return (2, "", 0.0, name)
-    try:
-        setting = LambdaSetting.parse(name)
-    except Exception:  # a name some other tool wrote: keep it, after the known ones
+    setting = known_setting(name)
+    if setting is None:  # keep it, after the known ones
         return (3, "", 0.0, name)
     return (1, setting.kind, float(setting.value), name)
 

@@ -17,7 +17,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from robust_csc.evaluation.metrics import SEVERITIES
-from robust_csc.lambdas import LambdaSetting
 from robust_csc.reports.cells import (
     CLEAN,
     WORST_CASE,
@@ -26,6 +25,7 @@ from robust_csc.reports.cells import (
     chosen_lambda,
     corruption_order,
     format_epsilon,
+    known_setting,
     labels,
     series_of,
 )
@@ -173,11 +173,8 @@ def robust_vs_epsilon(rows: pd.DataFrame, title: str) -> Figure:
 
 def grid_lambda(name: str) -> float | None:
     """The grid value of a tuning cell's lambda setting ("stem=0.3" -> 0.3); None for "trained" or unknown."""
-    try:
-        setting = LambdaSetting.parse(name)
-    except Exception:
-        return None
-    return setting.value
+    setting = known_setting(name)
+    return None if setting is None else setting.value
 
 
 def grid_points(rows: pd.DataFrame, column: str) -> dict[tuple[str, int], list[tuple[float, float]]]:

@@ -119,7 +119,8 @@ class ReconLambdaModel(nn.Module):
             layer.lam = lam * self.base[name] if self.layers == "scale" else lam
         chosen = lam.detach()
         self.last_lambda = chosen
-        self._lambda_sum += float(chosen.double().sum())
+        # Summed on the device: no host sync in the forward pass (attacks run it every step).
+        self._lambda_sum = self._lambda_sum + chosen.double().sum()
         self._lambda_count += int(chosen.numel())
 
     def forward(self, x: Tensor) -> Tensor:
@@ -133,7 +134,7 @@ class ReconLambdaModel(nn.Module):
                 layer.lam = saved[name]
 
     def mean_lambda(self) -> float | None:
-        return self._lambda_sum / self._lambda_count if self._lambda_count else None
+        return float(self._lambda_sum) / self._lambda_count if self._lambda_count else None
 
 
 __all__ = ["PER", "ReconLambdaModel", "fit_line"]

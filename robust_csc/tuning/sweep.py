@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from robust_csc.csc import csc_layers, record_stats, select_csc_layers
 from robust_csc.errors import RobustCSCError
+from robust_csc.runtime import model_device
 from robust_csc.tuning.grid import check_layers
 
 
@@ -89,7 +90,7 @@ def sweep_cell(
     k = len(values)
     if k == 0:
         raise RobustCSCError("the lambda grid is empty; pass at least one value")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     per_batch = max(1, batch_size // k)
     loader = DataLoader(data, batch_size=per_batch, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")

@@ -33,8 +33,9 @@ from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.harness import evaluate
 from robust_csc.evaluation.metrics import CLEAN
-from robust_csc.evaluation.store import CellKey, ResultsStore
+from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
+from robust_csc.runtime import model_device
 from robust_csc.tuning.grid import check_grid, check_layers, default_grid, setting_for
 from robust_csc.tuning.policy import RULES, CellPolicy, LambdaPolicy, ReconPolicy
 from robust_csc.tuning.rule import PER, fit_line
@@ -161,11 +162,10 @@ def tune(
     # The reference is swept too (for the recon rule's feature) when the grid lacks it.
     swept = values if any(math.isclose(v, reference) for v in values) else tuple(sorted(values + (reference,)))
     ref_index = min(range(len(swept)), key=lambda i: abs(swept[i] - reference))
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
 
-    owned = not isinstance(store, ResultsStore)
-    store = ResultsStore(store) if owned else store
+    store, owned = open_store(store)
     try:
         sweeps: dict[tuple[str, int], SweepCell] = {}
         bar = None
