@@ -10,6 +10,7 @@ import scipy.stats
 import torch
 
 from robust_csc.corruptions import add_noise, corrupt_image, noise_level
+from robust_csc.corruptions import counter_rng, poisson
 from robust_csc.corruptions import noise as noise_module
 from robust_csc.errors import RobustCSCError
 
@@ -160,15 +161,104 @@ def test_shot_fused_kernel_and_its_finish_equal_the_eager_sampler(one_thread):
     # The compiled path's math (fixed work per value, -1 where undecided, then the
     # exact finish) run eagerly here: it must give the eager sampler's very counts.
     x = torch.rand((5, 3, 24, 24), generator=torch.Generator().manual_seed(4)).reshape(5, -1)
-    k1, k2 = noise_module._image_keys(0, "shot", torch.arange(5))
+    k1, k2 = counter_rng.image_keys(0, "shot", torch.arange(5))
     undecided = 0
     for level in (3.0, 14.0, 60.0, 500.0):
         level_t = torch.tensor(level)
         bulk = noise_module._shot_kernel(x, k1, k2, level_t)
         undecided += int((bulk < 0).sum())
-        noise_module._finish_shot(bulk, x, k1, k2, level, x.shape[1])
+        noise_module._finish_shot(bulk, x, k1, k2, level)
         assert torch.equal(bulk, noise_module._shot_eager(x, k1, k2, level_t))
     assert undecided > 0  # the finish had work to do
+
+
+def test_int32_hash_equals_lowbias32_on_python_ints(one_thread):
+    # The tensor hash works on int32 with wrapping products and masked shifts;
+    # it must give lowbias32's bits, computed here from its definition on Python ints.
+    def lowbias32(w):
+        w ^= w >> 16
+        w = (w * 0x21F0AAAD) % 2**32
+        w ^= w >> 15
+        w = (w * 0x735A2D97) % 2**32
+        return w ^ (w >> 15)
+
+    words = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF] + list(
+        np.random.default_rng(0).integers(0, 2**32, 500, dtype=np.uint64)
+    )
+    as_int32 = torch.tensor([int(w) - 2**32 if w >= 2**31 else int(w) for w in words], dtype=torch.int32)
+    expected = [lowbias32(int(w)) for w in words]
+    got = [int(h) % 2**32 for h in counter_rng.mix(as_int32)]
+    assert got == expected
+    compiled = torch.compile(counter_rng.mix, dynamic=False, fullgraph=True)
+    assert torch.equal(compiled(as_int32), counter_rng.mix(as_int32))
+
+
+def _grid_images(n: int, shape=(3, 32, 32), seed: int = 0) -> torch.Tensor:
+    """8-bit images as read from files: every value is q / 255 in float32."""
+    q = torch.randint(0, 256, (n, *shape), generator=torch.Generator().manual_seed(seed))
+    return q.float() / 255
+
+
+@pytest.mark.parametrize("c", [3.0, 12.0, 60.0, 500.0, 2000.0])
+def test_shot_on_8bit_images_follows_the_poisson_distribution(c, one_thread):
+    # 8-bit inputs take the table sampler: per gray level q, counts ~ Poisson(c q / 255).
+    table = poisson.poisson_table(c, torch.device("cpu"))
+    assert table.usable
+    x = _grid_images(16, (3, 64, 64))
+    y = add_noise(x, "shot", c, seed=5, indices=range(16))
+    counts = torch.round(y * c).flatten().numpy().astype(np.int64)
+    q = torch.round(x * 255).flatten().numpy().astype(np.int64)
+    unclipped = (y < 1).flatten().numpy()
+    for level in (40, 128, 255):
+        lam = c * level / 255
+        dist = scipy.stats.poisson(lam)
+        got = counts[q == level]
+        # Values at 1 were clipped (count >= c): compare the distribution below c.
+        got = got[unclipped[q == level]]
+        lo, hi = int(dist.ppf(1e-3)), min(int(dist.isf(1e-3)), int(math.ceil(c)) - 1)
+        if hi - lo < 2:
+            continue
+        edges = np.arange(lo, hi + 1)
+        observed = np.array([(got <= lo).sum(), *[(got == k).sum() for k in edges[1:-1]], (got >= hi).sum()])
+        mass = dist.cdf(math.ceil(c) - 1)  # the unclipped part
+        expected = np.array([dist.cdf(lo), *dist.pmf(edges[1:-1]), dist.cdf(math.ceil(c) - 1) - dist.cdf(hi - 1)])
+        expected = expected / mass * observed.sum()
+        assert scipy.stats.chisquare(observed, expected).pvalue > 1e-4, (c, level)
+
+
+def test_table_counts_equal_inversion_by_brute_force(one_thread):
+    # The guide (start + one or two comparisons) must give exactly the inverse CDF,
+    # counted here over whole rows: #{j: F(j) < u} below 1/2, #{j: S(j) > 1 - u} above.
+    rng = np.random.default_rng(1)
+    for c in (0.7, 12.0, 333.0, 2000.0):
+        table = poisson.PoissonTable(c, torch.device("cpu"))
+        q = rng.integers(0, 256, 20000)
+        u = (rng.integers(0, 2**23, 20000) * 2 + 1) / 2**24
+        u[:6] = [2**-24, 1 - 2**-24, 0.5 - 2**-24, 0.5 + 2**-24, 3 * 2**-24, 1 - 3 * 2**-24]  # the extremes
+        q[:6] = 255
+        got = poisson.table_counts(
+            torch.tensor(q, dtype=torch.int32), torch.tensor(u, dtype=torch.float32), table.start, table.next
+        ).numpy()
+        ks = np.arange(int(c + 8 * math.sqrt(c) + 16) + 1)
+        expected = []
+        for qi, ui in zip(q, u.astype(np.float32)):
+            lam = c * qi / 255
+            if ui < 0.5:
+                expected.append((scipy.stats.poisson.cdf(ks, lam).astype(np.float32) < ui).sum())
+            else:
+                expected.append((scipy.stats.poisson.sf(ks, lam).astype(np.float32) > np.float32(1) - ui).sum())
+        assert np.array_equal(got, np.array(expected, dtype=np.float32)), c
+
+
+def test_shot_mixes_8bit_and_other_images_per_element(one_thread):
+    # Off-grid values take PTRS, on-grid values the table: an image's noise is the
+    # same alone or beside images of the other kind, eager or compiled.
+    grid, off = _grid_images(3, (3, 8, 8)), _photos(3, (3, 8, 8))
+    mixed = torch.cat([grid, off])
+    whole = add_noise(mixed, "shot", 40.0, 3, range(6))
+    alone = torch.cat([add_noise(grid, "shot", 40.0, 3, range(3)), add_noise(off, "shot", 40.0, 3, range(3, 6))])
+    assert torch.equal(whole, alone)
+    assert torch.equal(add_noise(mixed, "shot", 40.0, 3, range(6), compiled=True), whole)
 
 
 # --------------------------------------------------------------------------- determinism per image

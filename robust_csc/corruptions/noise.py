@@ -12,12 +12,21 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-import zlib
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from robust_csc.corruptions.counter_rng import base_hash, draw, element_counters, image_keys, to_uniform
+from robust_csc.corruptions.poisson import (
+    PTRS_CANDIDATES,
+    TABLE_MAX_LEVEL,
+    grid_index,
+    poisson_bulk,
+    poisson_sample,
+    poisson_table,
+    table_counts,
+)
 from robust_csc.errors import RobustCSCError
 
 NOISE_KINDS: tuple[str, ...] = ("gaussian", "shot", "impulse", "speckle")
@@ -26,9 +35,6 @@ NOISE_KINDS: tuple[str, ...] = ("gaussian", "shot", "impulse", "speckle")
 #: and the noise (std <= 1/sqrt(c)) is below a thousandth of the range anyway.
 MAX_SHOT_LEVEL = 1e6
 
-_M32 = 0xFFFFFFFF
-#: The counter of a draw is ``draw * n_elements + element`` and must stay below 2^32.
-_MAX_DRAWS = 64
 #: Eager work is cut into chunks of whole images, about this many values each, so
 #: that intermediates stay in cache (a pass over a fresh multi-MB tensor costs page faults).
 _EAGER_CHUNK = 1 << 16
@@ -56,45 +62,12 @@ def check_noise_level(kind: str, level: object) -> float:
     return level
 
 
-# --------------------------------------------------------------------------- counter-based uniforms
-#
-# Hand-written because torch's generators are stateful streams (one generator per
-# image was the old, slow design) and torch has no keyed counter-based RNG.
-# Integers are 32-bit values held in int64 tensors: every multiplier is below
-# 2^31, so a product stays below 2^63 (no signed overflow, on any device), and
-# values stay non-negative, so ``>>`` is a logical shift.
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xorshift-multiply, after C. Wellons' lowbias32), x in [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x21F0AAAD) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x735A2D97) & _M32
-    return x ^ (x >> 15)
-
-
-def _uniform(k1: torch.Tensor, k2: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """float32 uniforms in (0, 1) on the grid (j + 1/2) / 2^23 from keys and counters.
-
-    23 bits because 2j + 1 must be exact in float32; the grid is symmetric about
-    1/2 and never reaches 0 or 1 (log and comparisons are safe).
-    """
-    h = _mix(_mix(counter ^ k1) ^ k2)
-    return ((h >> 9) * 2 + 1).to(torch.float32) * (2.0**-24)
-
-
-def _elements(n: int, device: torch.device) -> torch.Tensor:
-    """Element positions 0..n-1 within an image, as a (1, n) row of counters."""
-    return torch.arange(n, device=device, dtype=torch.int64).view(1, n)
-
-
 def _box_muller(x, k1, k2, level, multiplicative: bool) -> torch.Tensor:
     """x + level * z (or x + x * level * z), clipped, with z ~ N(0, 1) per value.
 
-    Box-Muller on pairs: element p and element p + N//2 share the uniforms of
-    counters p and N + p, getting r cos(theta) and r sin(theta); with N odd the
-    last element uses counters N-1 and 2N-1 alone.  Every value is a function of
+    Box-Muller on pairs: element p and element p + N//2 share the draws 0 and 1
+    of counter p, getting r cos(theta) and r sin(theta); with N odd the last
+    element uses the draws of counter N-1 alone.  Every value is a function of
     its image's keys and its position only.
     """
     n = x.shape[1]
@@ -103,9 +76,10 @@ def _box_muller(x, k1, k2, level, multiplicative: bool) -> torch.Tensor:
     for lo, count in ((0, half), (2 * half, n - 2 * half)):
         if count == 0:
             continue
-        p = torch.arange(lo, lo + count, device=x.device, dtype=torch.int64).view(1, count)
-        r = torch.sqrt(-2.0 * torch.log(_uniform(k1, k2, p)))
-        theta = (2.0 * math.pi) * _uniform(k1, k2, p + n)
+        p = torch.arange(lo, lo + count, device=x.device, dtype=torch.int32).view(1, count)
+        base = base_hash(k1, k2, p)
+        r = torch.sqrt(-2.0 * torch.log(to_uniform(base)))
+        theta = (2.0 * math.pi) * to_uniform(draw(base, 1))
         waves = (torch.cos(theta), torch.sin(theta)) if lo == 0 else (torch.cos(theta),)
         for i, wave in enumerate(waves):
             xs = x[:, lo + i * half : lo + i * half + count]
@@ -113,160 +87,6 @@ def _box_muller(x, k1, k2, level, multiplicative: bool) -> torch.Tensor:
             noisy = xs + xs * (level * z) if multiplicative else xs + level * z
             parts.append(torch.clamp(noisy, 0.0, 1.0))
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
-
-# --------------------------------------------------------------------------- Poisson (shot noise)
-#
-# Exact sampling from the same uniforms, with a fixed amount of work per element
-# so the bulk runs as one elementwise kernel, and an exact fallback loop for the
-# few elements it leaves open:
-#   lambda < 10: inversion, F(j) summed up to j = _INVERSION_STEPS - 1 (draw 0);
-#                u beyond that (probability < 2e-4) is finished by the fallback.
-#   lambda >= 10: PTRS transformed rejection (Hoermann 1993, as numpy uses), with
-#                _PTRS_CANDIDATES (U, V) pairs (draws 2j, 2j+1); an element whose
-#                candidates were all rejected (probability ~1e-3) goes on with
-#                pairs j = _PTRS_CANDIDATES, ... in the fallback.
-# Both are exact samplers up to float32 rounding; inversion alone would need
-# O(lambda) steps, PTRS alone is not valid below lambda = 10.  The log density
-# in the PTRS test uses Stirling's form k*(t - log1p t) with t = (lambda-k)/k,
-# which keeps float32 accurate to ~1e-5 where k*log(lambda) - lgamma(k+1) would
-# cancel to ~1e-3 for lambda in the hundreds.
-
-_PTRS_MIN_LAMBDA = 10.0
-_INVERSION_STEPS = 24
-_PTRS_CANDIDATES = 3
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _poisson_log_pmf(k: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """log P(X = k) for X ~ Poisson(lam), k >= 0 integer-valued floats, lam >= 10.
-
-    Stirling's series for log k! with three correction terms: its error is below
-    6e-4 at k = 1, 5e-6 at k = 2 and 3e-7 from k = 3 on, and k that small has
-    probability below 3e-3 once lam >= 10, so the sampled law is off by < 1e-6.
-    """
-    k_pos = torch.clamp(k, min=1.0)
-    t = (lam - k_pos) / k_pos
-    inv = 1.0 / k_pos
-    inv2 = inv * inv
-    correction = inv * (1.0 / 12.0 - inv2 * (1.0 / 360.0 - inv2 * (1.0 / 1260.0)))
-    stirling = -k_pos * (t - torch.log1p(t)) - 0.5 * torch.log(k_pos) - _LOG_SQRT_2PI - correction
-    return torch.where(k < 1.0, -lam, stirling)
-
-
-def _ptrs_constants(lam: torch.Tensor):
-    b = 0.931 + 2.53 * torch.sqrt(lam)
-    a = -0.059 + 0.02483 * b
-    log_inv_alpha = torch.log(1.1239 + 1.1328 / (b - 3.4))
-    v_r = 0.9277 - 3.6224 / (b - 2.0)
-    return a, b, log_inv_alpha, v_r
-
-
-def _ptrs_candidate(u, v, lam, a, b, log_inv_alpha, v_r):
-    """One PTRS candidate k and whether it is accepted."""
-    u = u - 0.5
-    us = 0.5 - torch.abs(u)
-    k = torch.floor((2.0 * a / us + b) * u + lam + 0.43)
-    quick = (us >= 0.07) & (v <= v_r)
-    valid = (k >= 0) & ~((us < 0.013) & (v > us))
-    lhs = torch.log(v) + log_inv_alpha - torch.log(a / (us * us) + b)
-    k_safe = torch.clamp(k, min=0.0)
-    return k_safe, quick | (valid & (lhs <= _poisson_log_pmf(k_safe, lam)))
-
-
-def _inversion(u: torch.Tensor, lam: torch.Tensor, steps: int):
-    """Count of j < steps with F(j) < u (the inverse CDF when below steps), and the last F, p."""
-    p = torch.exp(-lam)
-    cdf = p
-    k = (u > cdf).to(torch.float32)
-    for j in range(1, steps):
-        p = p * lam * (1.0 / j)
-        cdf = cdf + p
-        k = k + (u > cdf).to(torch.float32)
-    return k
-
-
-def _poisson_bulk(lam, k1, k2, counter, n_elements: int) -> torch.Tensor:
-    """Poisson counts (float32), or -1 where the fixed work did not decide."""
-    small = lam < _PTRS_MIN_LAMBDA
-    u0 = _uniform(k1, k2, counter)
-    k_inv = _inversion(u0, lam, _INVERSION_STEPS)
-    k_inv = torch.where(k_inv >= _INVERSION_STEPS, -1.0, k_inv)
-
-    lam_big = torch.clamp(lam, min=_PTRS_MIN_LAMBDA)
-    constants = _ptrs_constants(lam_big)
-    k_ptrs = torch.full_like(lam, -1.0)
-    for j in reversed(range(_PTRS_CANDIDATES)):  # the first accepted candidate wins
-        u = u0 if j == 0 else _uniform(k1, k2, counter + (2 * j) * n_elements)
-        v = _uniform(k1, k2, counter + (2 * j + 1) * n_elements)
-        k, accepted = _ptrs_candidate(u, v, lam_big, *constants)
-        k_ptrs = torch.where(accepted, k, k_ptrs)
-    return torch.where(small, k_inv, k_ptrs)
-
-
-def _poisson_sample(lam, k1, k2, counter, n_elements: int, first_pair: int = 0) -> torch.Tensor:
-    """Exact Poisson counts for 1-D tensors, working only where still needed.
-
-    The eager path (first_pair=0) and the finishing step of the fused kernel
-    (first_pair=_PTRS_CANDIDATES: the pairs it already rejected are skipped) draw
-    the same uniforms as the fused kernel, so all paths give the same counts.
-    """
-    out = torch.empty_like(lam)
-    small = lam < _PTRS_MIN_LAMBDA
-    for idx, is_small in ((torch.nonzero(small).view(-1), True), (torch.nonzero(~small).view(-1), False)):
-        if idx.numel() == 0:
-            continue
-        parts = [t.index_select(0, idx) for t in (lam, k1, k2, counter)]
-        if is_small:
-            out[idx] = _inversion_to_end(parts[0], _uniform(*parts[1:]))
-        else:
-            out[idx] = _ptrs_to_end(*parts, n_elements, first_pair)
-    return out
-
-
-def _inversion_to_end(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The same CDF sum as _inversion, run until it passes every u.
-
-    float32 rounding can stall the sum just below 1, so an element also stops
-    once its terms vanish (beyond its mode, p < 1e-30: the tail is below rounding).
-    """
-    p = torch.exp(-lam)
-    cdf = p.clone()
-    k = torch.zeros_like(lam)
-    open_ = u > cdf
-    j = 0
-    while bool(open_.any()):
-        j += 1
-        p = p * lam * (1.0 / j)
-        cdf = cdf + p
-        k = k + open_.to(k.dtype)
-        open_ = open_ & (u > cdf) & ((p > 1e-30) | (j < lam))
-    return k
-
-
-def _ptrs_to_end(lam, k1, k2, counter, n_elements: int, first_pair: int) -> torch.Tensor:
-    """PTRS from pair ``first_pair`` on; after the first pair, only the rejected elements go on."""
-    state = [lam, *_ptrs_constants(lam), k1, k2, counter]
-    out = torch.full_like(lam, -1.0)
-    open_idx = None  # None: every element still open, no gather needed
-    for j in range(first_pair, _MAX_DRAWS // 2):
-        lam_o, a, b, log_inv_alpha, v_r, ka, kb, c = state
-        u = _uniform(ka, kb, c + (2 * j) * n_elements)
-        v = _uniform(ka, kb, c + (2 * j + 1) * n_elements)
-        k, accepted = _ptrs_candidate(u, v, lam_o, a, b, log_inv_alpha, v_r)
-        if open_idx is None:
-            out = torch.where(accepted, k, out)
-            keep = torch.nonzero(~accepted).view(-1)
-            open_idx = keep
-        else:
-            out[open_idx[accepted]] = k[accepted]
-            keep = torch.nonzero(~accepted).view(-1)
-            open_idx = open_idx.index_select(0, keep)
-        if open_idx.numel() == 0:
-            return out
-        state = [t.index_select(0, keep) for t in state]
-    # Each pair is accepted with probability ~0.9: 29 straight rejections do not happen.
-    raise RuntimeError("PTRS rejected every candidate pair; this is a bug in robust_csc.")
 
 
 # --------------------------------------------------------------------------- kernels
@@ -288,29 +108,33 @@ def _impulse_kernel(x, k1, k2, level):
     # skimage's 's&p' (what imagecorruptions calls): each value independently is
     # flipped with probability `amount`, to salt (1) or pepper (0) with equal odds.
     # One uniform decides both: u < amount/2 salt, amount/2 <= u < amount pepper.
-    u = _uniform(k1, k2, _elements(x.shape[1], x.device))
+    u = to_uniform(base_hash(k1, k2, element_counters(x.shape[1], x.device)))
     out = torch.where(u < level, 0.0, torch.clamp(x, 0.0, 1.0))
     return torch.where(u < 0.5 * level, 1.0, out).to(x.dtype)
 
 
+def _shot_rates(x, level):
+    return torch.clamp(x, min=0.0).to(torch.float32) * level
+
+
 def _shot_kernel(x, k1, k2, level):
     """Poisson counts of lambda = x * level, or -1 where _finish_shot must finish."""
-    lam = torch.clamp(x, min=0.0).to(torch.float32) * level
-    return _poisson_bulk(lam, k1, k2, _elements(x.shape[1], x.device), x.shape[1])
+    return poisson_bulk(_shot_rates(x, level), base_hash(k1, k2, element_counters(x.shape[1], x.device)))
+
+
+def _shot_table_kernel(x, k1, k2, start, following, level):
+    """Shot-noise values of 8-bit x by table inversion, -1 where x is off the 8-bit grid; and how many are."""
+    u = to_uniform(base_hash(k1, k2, element_counters(x.shape[1], x.device)))
+    q = grid_index(x)
+    counts = table_counts(q, u, start, following)
+    return torch.where(q < 0, -1.0, torch.clamp(counts / level, 0.0, 1.0)), (q < 0).sum()
 
 
 def _shot_eager(x, k1, k2, level):
     """Poisson counts of lambda = x * level, all decided (eager: no fixed work to save)."""
-    lam = torch.clamp(x, min=0.0).to(torch.float32) * level
-    rows, cols = lam.shape
-    counts = _poisson_sample(
-        lam.reshape(-1),
-        k1.expand(rows, cols).reshape(-1),
-        k2.expand(rows, cols).reshape(-1),
-        _elements(cols, x.device).expand(rows, cols).reshape(-1),
-        cols,
-    )
-    return counts.view(rows, cols)
+    lam = _shot_rates(x, level)
+    base = base_hash(k1, k2, element_counters(x.shape[1], x.device))
+    return poisson_sample(lam.reshape(-1), base.reshape(-1)).view(lam.shape)
 
 
 _KERNELS: dict[str, Callable] = {
@@ -318,14 +142,27 @@ _KERNELS: dict[str, Callable] = {
     "speckle": _speckle_kernel,
     "impulse": _impulse_kernel,
     "shot": _shot_kernel,
+    "shot-table": _shot_table_kernel,
 }
 _EAGER_KERNELS: dict[str, Callable] = {**_KERNELS, "shot": _shot_eager}
 
+#: Inductor options per kernel.  The shot table kernel is small, but its shared
+#: hash and gather index would be written to memory (inductor's default "realize"
+#: thresholds) and every gather bounds-checked; its indices are clamped in range.
+_COMPILE_OPTIONS: dict[str, dict] = {
+    "shot-table": {
+        "realize_opcount_threshold": 10**4,
+        "realize_cpu_opcount_threshold": 10**4,
+        "realize_reads_threshold": 10**4,
+        "realize_opusers_threshold": 10**4,
+        "assert_indirect_indexing": False,
+    },
+}
 _compiled_kernels: dict[str, Callable] = {}
 _compile_failed: set[str] = set()
 
 
-def _run_compiled(kind: str, flat, k1, k2, level_t) -> torch.Tensor:
+def _run_compiled(kind: str, flat, k1, k2, *rest) -> torch.Tensor:
     """The kernel through torch.compile (or eagerly if compiling failed).
 
     The batch dimension is marked dynamic up front and the image size stays
@@ -334,7 +171,19 @@ def _run_compiled(kind: str, flat, k1, k2, level_t) -> torch.Tensor:
     """
     for t in (flat, k1, k2):
         torch._dynamo.maybe_mark_dynamic(t, 0)
-    return _run_kernel(kind, flat, k1, k2, level_t)
+    return _run_kernel(kind, flat, k1, k2, *rest)
+
+
+def _run_eager(kind: str, flat, k1, k2, *rest) -> torch.Tensor:
+    """The kernel eagerly, on chunks of whole images (intermediates stay in cache)."""
+    rows = max(1, _EAGER_CHUNK // flat.shape[1])
+    kernel = _EAGER_KERNELS[kind]
+    chunks = [kernel(flat[r : r + rows], k1[r : r + rows], k2[r : r + rows], *rest) for r in range(0, len(flat), rows)]
+    if len(chunks) == 1:
+        return chunks[0]
+    if isinstance(chunks[0], tuple):  # (values, count): the shot table kernel
+        return torch.cat([c[0] for c in chunks]), sum(c[1] for c in chunks)
+    return torch.cat(chunks)
 
 
 def _run_kernel(kind: str, *args) -> torch.Tensor:
@@ -343,7 +192,9 @@ def _run_kernel(kind: str, *args) -> torch.Tensor:
     if kind not in _compile_failed:
         fn = _compiled_kernels.get(kind)
         if fn is None:
-            fn = _compiled_kernels[kind] = torch.compile(kernel, dynamic=False, fullgraph=True)
+            fn = _compiled_kernels[kind] = torch.compile(
+                kernel, dynamic=False, fullgraph=True, options=_COMPILE_OPTIONS.get(kind)
+            )
         try:
             return fn(*args)
         except Exception as exc:  # compilation needs a C++ compiler (CPU) or triton (GPU)
@@ -357,18 +208,6 @@ def _run_kernel(kind: str, *args) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- public entry
-
-
-def _image_keys(seed: int, kind: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two 32-bit keys per image from (seed, kind, global index), computed on index's device."""
-    if isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.integer)) or int(seed) < 0:
-        raise RobustCSCError(f"The seed {seed!r} is invalid; use a non-negative integer.")
-    name_code = zlib.crc32((kind + "_noise").encode("utf-8"))
-    s = [int(w) for w in np.random.SeedSequence((int(seed), name_code)).generate_state(4, np.uint32)]
-    low, high = index & _M32, index >> 32
-    k1 = _mix(_mix(low ^ s[0]) ^ high ^ s[1])
-    k2 = _mix(_mix(low ^ s[2]) ^ high ^ s[3])
-    return k1.view(-1, 1), k2.view(-1, 1)
 
 
 def _check_indices(indices: object, batch: int, device: torch.device) -> torch.Tensor:
@@ -430,9 +269,9 @@ def add_noise(
         )
     index = _check_indices(indices, x.shape[0], x.device)
     n_elements = math.prod(x.shape[1:])
-    if n_elements * _MAX_DRAWS >= 2**32:
+    if n_elements >= 2**31:
         raise RobustCSCError(
-            f"Images of {n_elements} values are too large for add_noise (at most {2**32 // _MAX_DRAWS - 1}); "
+            f"Images of {n_elements} values are too large for add_noise (at most {2**31 - 1}); "
             "split them into tiles."
         )
     if x.shape[0] == 0 or n_elements == 0:
@@ -440,35 +279,58 @@ def add_noise(
     if kind in ("gaussian", "speckle") and level == 0:
         return torch.clamp(x, 0.0, 1.0)
 
-    k1, k2 = _image_keys(seed, kind, index)
+    k1, k2 = image_keys(seed, kind, index)
     work_dtype = torch.promote_types(x.dtype, torch.float32)
     flat = x.reshape(x.shape[0], n_elements).to(work_dtype)
     # A 0-d tensor, not a float, so that a compiled kernel is not rebuilt per level.
     level_t = torch.tensor(level, dtype=torch.float32, device=x.device)
 
-    if compiled:
-        out = _run_compiled(kind, flat, k1, k2, level_t)
-    else:
-        rows = max(1, _EAGER_CHUNK // n_elements)
-        out = torch.cat(
-            [
-                _EAGER_KERNELS[kind](flat[r : r + rows], k1[r : r + rows], k2[r : r + rows], level_t)
-                for r in range(0, flat.shape[0], rows)
-            ]
-        )
-
     if kind == "shot":
-        if compiled:
-            _finish_shot(out, flat, k1, k2, level, n_elements)
-        out = torch.clamp(out / level, 0.0, 1.0)
+        out = _shot_noise(flat, k1, k2, level, level_t, compiled)
+    else:
+        run = _run_compiled if compiled else _run_eager
+        out = run(kind, flat, k1, k2, level_t)
     return out.reshape(x.shape).to(x.dtype)
 
 
-def _finish_shot(counts, flat, k1, k2, level: float, n_elements: int) -> None:
+def _shot_noise(flat, k1, k2, level: float, level_t, compiled: bool) -> torch.Tensor:
+    """poisson(flat * level) / level, clipped: table inversion for 8-bit values, PTRS for the others.
+
+    Which sampler an element gets depends only on its own value and the level,
+    so an image's noise never depends on the batch around it.
+    """
+    run = _run_compiled if compiled else _run_eager
+    table = poisson_table(level, flat.device) if level <= TABLE_MAX_LEVEL else None
+    if table is None or not table.usable:
+        return torch.clamp(_exact_counts(flat, k1, k2, level, level_t, compiled) / level, 0.0, 1.0)
+    out, n_off_grid = run("shot-table", flat, k1, k2, table.start, table.next, level_t)
+    n_off_grid = int(n_off_grid)
+    if n_off_grid == 0:
+        return out
+    off_grid = out < 0
+    if compiled and n_off_grid * 8 > off_grid.numel():  # many: PTRS's fused kernel on the whole batch
+        exact = torch.clamp(_exact_counts(flat, k1, k2, level, level_t, compiled) / level, 0.0, 1.0)
+        return torch.where(off_grid, exact, out)
+    rows, cols = torch.nonzero(off_grid, as_tuple=True)
+    base = base_hash(k1[rows, 0], k2[rows, 0], cols.to(torch.int32))
+    counts = poisson_sample(_shot_rates(flat[rows, cols], level), base)
+    out[rows, cols] = torch.clamp(counts / level, 0.0, 1.0).to(out.dtype)
+    return out
+
+
+def _exact_counts(flat, k1, k2, level: float, level_t, compiled: bool) -> torch.Tensor:
+    """Poisson counts of flat * level for every element by inversion (lam < 10) and PTRS."""
+    if not compiled:
+        return _run_eager("shot", flat, k1, k2, level_t)
+    counts = _run_compiled("shot", flat, k1, k2, level_t)
+    _finish_shot(counts, flat, k1, k2, level)
+    return counts
+
+
+def _finish_shot(counts, flat, k1, k2, level: float) -> None:
     """Decide, in place, the Poisson counts the fused kernel left open (-1)."""
     open_rows, open_cols = torch.nonzero(counts < 0, as_tuple=True)
     if open_rows.numel():
-        lam = torch.clamp(flat[open_rows, open_cols], min=0.0).to(torch.float32) * level
-        counts[open_rows, open_cols] = _poisson_sample(
-            lam, k1[open_rows, 0], k2[open_rows, 0], open_cols.to(torch.int64), n_elements, _PTRS_CANDIDATES
-        ).to(counts.dtype)
+        lam = _shot_rates(flat[open_rows, open_cols], level)
+        base = base_hash(k1[open_rows, 0], k2[open_rows, 0], open_cols.to(torch.int32))
+        counts[open_rows, open_cols] = poisson_sample(lam, base, PTRS_CANDIDATES).to(counts.dtype)
