@@ -346,3 +346,28 @@ def test_cuda_matches_cpu(kind):
         assert (gpu.cpu() != cpu).float().mean().item() < 1e-3
     else:
         assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
+
+
+def test_image_keys_agree_on_the_numpy_and_torch_paths(one_thread):
+    # CPU batches derive their keys in numpy, other devices in torch ops: the same words.
+    index = torch.tensor([0, 1, 7, 2**31, 2**32 + 5, 2**40 + 1, 2**62 + 3])
+    numpy_keys = counter_rng.image_keys(4, "shot", index)
+
+    class OnAnotherDevice(torch.Tensor):  # reports a non-CPU device, computes on the CPU
+        @property
+        def device(self):
+            return torch.device("meta")
+
+    torch_keys = counter_rng.image_keys(4, "shot", index.as_subclass(OnAnotherDevice))
+    for a, b in zip(numpy_keys, torch_keys):
+        assert torch.equal(a, b.as_subclass(torch.Tensor))
+
+
+def test_neighbouring_values_are_uncorrelated(one_thread):
+    # Counters enter the hash as an arithmetic progression per image: no lag may show.
+    x = torch.full((8, 3, 64, 64), 0.5)
+    z = (add_noise(x, "gaussian", 0.1, seed=2, indices=range(8)) - 0.5).reshape(8, -1).double().numpy()
+    n = z.shape[1]
+    for lag in (1, 2, 3, 64, 4096, n // 2):
+        r = np.mean([np.corrcoef(row[:-lag], row[lag:])[0, 1] for row in z])
+        assert abs(r) < 6 / math.sqrt(8 * (n - lag)), lag
