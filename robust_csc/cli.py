@@ -226,6 +226,7 @@ def build_suite(
     seed: int = 0,
     download: bool = False,
     images_per_severity: Optional[int] = None,
+    verify_checksums: bool = True,
 ) -> SuiteChoice:
     """Check the suite options against the checkpoint's metadata and build the suite and its clean cell."""
     from robust_csc.models.checkpoints import read_metadata
@@ -271,9 +272,10 @@ def build_suite(
             severities=chosen_severities,
             seed=seed,
             n_examples=n_examples,
+            verify_checksums=verify_checksums,
         )
         # A generated suite always has its clean images at hand: the clean cell comes free.
-        clean = generated_clean(base, "test", data_root, n_examples)
+        clean = generated_clean(base, "test", data_root, n_examples, verify_checksums=verify_checksums)
     elif suite_name == "imagenet-c":
         from robust_csc.data.corrupted import load_imagenet_c
 
@@ -296,7 +298,9 @@ def build_suite(
             download=download,
             images_per_severity=images_per_severity or CIFAR_C_IMAGES_PER_SEVERITY,
         )
-        clean, clean_note = _cifar_clean(suite_name, data_root if data_root is not None else DEFAULT_DATA_ROOT, n_examples)
+        clean, clean_note = _cifar_clean(
+            suite_name, data_root if data_root is not None else DEFAULT_DATA_ROOT, n_examples, verify_checksums
+        )
     if num_classes != built.num_classes:
         raise RobustCSCError(
             f"{checkpoint} has {num_classes} classes but the {built.name} suite has {built.num_classes}; "
@@ -344,6 +348,10 @@ def evaluate(
     images_per_severity: Optional[int] = typer.Option(
         None, "--images-per-severity", hidden=True, help="Rows per severity block of a hand-made CIFAR-C folder (tests)."
     ),
+    verify_checksums: bool = typer.Option(
+        True, "--verify-checksums/--no-verify-checksums",
+        help="Check the clean CIFAR files against torchvision's MD5s; --no-verify-checksums accepts a copy you trust.",
+    ),
     progress: Optional[bool] = typer.Option(
         None, "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal]."
     ),
@@ -366,7 +374,7 @@ def evaluate(
     chosen = build_suite(
         checkpoint, suite, dataset=dataset, profile=profile, data_root=data_root, corruptions=corruptions,
         severities=severities, n_examples=n_examples, seed=seed, download=download,
-        images_per_severity=images_per_severity,
+        images_per_severity=images_per_severity, verify_checksums=verify_checksums,
     )
     meta = chosen.meta
     if not meta.get("lambda") and any(needs_csc(setting) for setting in chosen_lambdas):
@@ -401,7 +409,7 @@ def evaluate(
     _say(f"store: {store}, cells run {result.cells_run}, skipped {result.cells_skipped}")
 
 
-def _cifar_clean(suite_name: str, root: Path, n_examples: Optional[int]):
+def _cifar_clean(suite_name: str, root: Path, n_examples: Optional[int], verify_checksums: bool = True):
     """(the clean CIFAR test set beside a CIFAR-C folder, "") or (None, why not): optional for stored suites."""
     from robust_csc.data.generated import generated_clean
 
@@ -411,10 +419,11 @@ def _cifar_clean(suite_name: str, root: Path, n_examples: Optional[int]):
     reason = ""
     for candidate in roots:
         try:
-            return generated_clean(base, "test", candidate, n_examples), ""
+            return generated_clean(base, "test", candidate, n_examples, verify_checksums=verify_checksums), ""
         except RobustCSCError as err:
             reason = _one_line(str(err))
-    return None, f"no clean cell: {reason}"
+    hint = " (--no-verify-checksums accepts a copy whose files differ from the published ones)" if verify_checksums else ""
+    return None, f"no clean cell: {reason}{hint}"
 
 
 def _test_images(dataset: str, root: Optional[Path], download: bool, n_examples: Optional[int]):

@@ -164,3 +164,28 @@ def test_imagenet_c_tree_evaluates_end_to_end(capsys, tmp_path, imagenet_checkpo
     with ResultsStore(store) as results:
         assert len(results.to_frame()) == 4
     assert os.path.isdir(root / "fog" / "3" / WNIDS[-1])
+
+
+def test_a_cifar_copy_that_fails_the_checksums_gets_its_clean_cell_with_the_flag(capsys, tmp_path, one_thread):
+    # The written pickles are not the published files: torchvision's MD5s refuse them
+    # (no clean cell, with a note naming the flag), and --no-verify-checksums takes them.
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "sdnet.safetensors"
+    save_checkpoint(checkpoint, create_model("sdnet18", width=4, num_classes=10), dataset="cifar10")
+    rng = np.random.default_rng(6)
+    data_root = tmp_path / "data"
+    _, test_labels = _write_cifar10(data_root, rng)
+    corrupted = {"fog": rng.integers(0, 256, size=(5 * N_TEST, 32, 32, 3), dtype=np.uint8)}
+    write_cifar_c(data_root / "CIFAR-10-C", "cifar10-c", corrupted, test_labels.astype(np.uint8))
+    common = ["evaluate", "--checkpoint", checkpoint, "--suite", "cifar10-c", "--data-root", data_root,
+              "--images-per-severity", N_TEST, "--severities", "2"]
+
+    code, out, err = run_main(capsys, *common, "--store", tmp_path / "a.sqlite")
+    assert code == 0, err
+    assert "no clean cell" in out and "--no-verify-checksums" in out
+    assert out.splitlines()[-1].endswith("cells run 1, skipped 0")  # fog severity 2 only
+
+    code, out, err = run_main(capsys, *common, "--no-verify-checksums", "--store", tmp_path / "b.sqlite")
+    assert code == 0, err
+    assert "no clean cell" not in out
+    assert out.splitlines()[-1].endswith("cells run 2, skipped 0")  # clean + fog severity 2

@@ -36,6 +36,10 @@ def tune_lambda(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... [default: where the model loads]."),
     download: bool = typer.Option(False, "--download", help="Download the suite or base data set if missing."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    verify_checksums: bool = typer.Option(
+        True, "--verify-checksums/--no-verify-checksums",
+        help="Check the clean CIFAR files against torchvision's MD5s; --no-verify-checksums accepts a copy you trust.",
+    ),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Tune lambda per (corruption, severity) on a tuning split; print the choice and the gains on the reporting split."""
@@ -61,6 +65,7 @@ def tune_lambda(
     chosen = build_suite(
         checkpoint, suite, dataset=dataset, profile=profile, data_root=data_root, corruptions=corruptions,
         severities=severities, n_examples=n_examples, seed=seed, download=download,
+        verify_checksums=verify_checksums,
     )
     if not chosen.meta.get("lambda"):
         raise RobustCSCError(

@@ -106,10 +106,18 @@ def _check_seed(seed: object) -> int:
 
 
 def generated_clean(
-    dataset: str, split: str = "test", root: str | Path | None = None, n_examples: int | None = None
+    dataset: str,
+    split: str = "test",
+    root: str | Path | None = None,
+    n_examples: int | None = None,
+    *,
+    verify_checksums: bool = True,
 ) -> Dataset:
-    """The clean cell of a generated suite: (image rounded to uint8 levels, label, index)."""
-    base = load_dataset(dataset, split, root=root)
+    """The clean cell of a generated suite: (image rounded to uint8 levels, label, index).
+
+    verify_checksums=False accepts a CIFAR copy whose files differ from the published ones.
+    """
+    base = load_dataset(dataset, split, root=root, verify_checksums=verify_checksums)
     return GeneratedClean(base, _check_n_examples(n_examples, len(base), dataset, split))
 
 
@@ -123,12 +131,14 @@ def generated_suite(
     severities: Iterable[int] | int | None = None,
     seed: int = 0,
     n_examples: int | None = None,
+    verify_checksums: bool = True,
 ) -> CorruptionSuite:
     """A CorruptionSuite that corrupts `dataset`'s split on the fly.
 
     profile: "cifar" (CIFAR-10-C parameters) or "imagenet" (imagecorruptions);
     corruptions / severities: the selection (None = all 19 / all five);
-    seed: the base of every per-image seed; n_examples: the first N images.
+    seed: the base of every per-image seed; n_examples: the first N images;
+    verify_checksums=False accepts a CIFAR copy whose files differ from the published ones.
     The suite is named f"{dataset}-c[{profile}]" (with ",seed=N" inside the
     brackets for a non-zero seed), so different generations never share a name.
     """
@@ -137,7 +147,7 @@ def generated_suite(
     info = dataset_info(dataset)
     chosen = _select_corruptions(corruptions, ALL)  # None selects all 19, in Hendrycks' order
     chosen_severities = _select_severities(severities)
-    base = load_dataset(info.name, split, root=root)
+    base = load_dataset(info.name, split, root=root, verify_checksums=verify_checksums)
     n = _check_n_examples(n_examples, len(base), info.name, split)
 
     def make_dataset(corruption: str, severity: int) -> Dataset:
