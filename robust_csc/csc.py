@@ -346,6 +346,9 @@ class CSCConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, self.kernel_size, self.kernel_size))
         self.lam: LambdaValue = check_lambda(lam)
         self.record_stats = False
+        # None: statistics of every row; a slice: of those rows only (the lambda sweep
+        # needs the stem's statistics at one of the K lambdas its batch carries).
+        self.stats_rows: slice | None = None
         self.last_stats: CSCStats | None = None
         # Not state: the power-iteration vectors per input size, and the eval-mode cache.
         self._power_vectors: dict[tuple, Tensor] = {}
@@ -487,14 +490,19 @@ class CSCConv2d(nn.Module):
             iteration=self.iteration,
         )
         if self.record_stats:
-            self.last_stats = self._stats(x, z, weight)
+            rows = self.stats_rows
+            self.last_stats = self._stats(x, z, weight) if rows is None else self._stats(x[rows], z[rows], weight)
         return z
 
     @torch.no_grad()
     def _stats(self, x: Tensor, z: Tensor, weight: Tensor) -> CSCStats:
         recon = synthesis(z.to(weight.dtype), weight, self.stride, self.padding, (x.shape[-2], x.shape[-1]))
-        error = (x.to(recon.dtype) - recon).pow(2).flatten(1).sum(1)
-        density = (z != 0).flatten(1).float().mean(1)
+        # In place and fused reductions: this synthesis is the whole price of the statistics,
+        # so no more code- or image-sized temporaries than needed.
+        residual = recon.sub_(x.to(recon.dtype)).flatten(1)
+        error = torch.linalg.vector_norm(residual, dim=1).square()
+        codes = z.flatten(1)
+        density = torch.count_nonzero(codes, dim=1).float() / max(codes.shape[1], 1)
         return CSCStats(recon_error=error.float(), code_density=density)
 
 
@@ -571,17 +579,26 @@ def lambda_override(
 
 
 @contextlib.contextmanager
-def record_stats(model: nn.Module, layers: str | Sequence[str] | None = None) -> Iterator[dict[str, CSCConv2d]]:
+def record_stats(
+    model: nn.Module, layers: str | Sequence[str] | None = None, rows: slice | None = None
+) -> Iterator[dict[str, CSCConv2d]]:
     """Record per-sample reconstruction error and code density while inside.
 
     Yields the selected layers; read ``layer.last_stats`` after a forward pass.
+    rows: record only these rows of each batch (``layer.stats_rows`` may also
+    be changed per batch while inside); None records every row.
     """
+    if rows is not None and not isinstance(rows, slice):
+        raise RobustCSCError(
+            f"rows must be a slice of the batch or None, got {type(rows).__name__}; pass e.g. slice(0, 8)"
+        )
     chosen = select_csc_layers(model, layers)
-    before = {name: layer.record_stats for name, layer in chosen.items()}
+    before = {name: (layer.record_stats, layer.stats_rows) for name, layer in chosen.items()}
     for layer in chosen.values():
         layer.record_stats = True
+        layer.stats_rows = rows
     try:
         yield chosen
     finally:
         for name, layer in chosen.items():
-            layer.record_stats = before[name]
+            layer.record_stats, layer.stats_rows = before[name]

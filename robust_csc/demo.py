@@ -1,12 +1,13 @@
 """The offline demo, the whole main job on the embedded digits set: train, evaluate, attack, tune, report.
 
-1. Train SDNet-18 and ResNet-18 (width 16, CIFAR stem) with the digits recipe.
+1. Train SDNet-18 (stem lambda 0.5) and ResNet-18 (width 16, CIFAR stem) with the digits recipe.
 2. Evaluate both checkpoints on a corruption suite generated from the digits
    test set (CIFAR-10-C parameters, 5 severities) into ``out_dir/results.sqlite``.
 3. Attack both with PGD (L-infinity) at a few epsilons, with the sanity checks.
-4. Tune the SDNet's stem lambda per noise corruption and severity on a tuning
-   split, report it on a disjoint reporting split, and fit the label-free
-   reconstruction-error rule; the policy goes to ``out_dir/lambda_policy.json``.
+4. Tune the SDNet's stem lambda per noise corruption and severity (ImageNet-C
+   noise levels, stronger than CIFAR-10-C's) on a tuning split, report it on a
+   disjoint reporting split, and fit the label-free reconstruction-error rule;
+   the policy goes to ``out_dir/lambda_policy.json``.
 5. Write the report (``out_dir/report/index.html`` and its Markdown twin).
 
 A CLI job: it prints, and its last line is the path of the HTML report.
@@ -25,6 +26,13 @@ from robust_csc.models.checkpoints import load_checkpoint
 from robust_csc.training import FINAL_NAME, TrainConfig, evaluate_accuracy, train
 
 DEMO_WIDTH = 16
+# The SDNet's stem lambda. At 0.1 (the paper's and the model's default) a digits SDNet scores best at the
+# lowest lambda of the tuning grid (0.1 itself) on every noise cell, so tuning had nothing to show; trained at
+# 0.5 it is as accurate on clean digits (0.99) and the grid 0.1..1.4 reaches both sides of it. Measured
+# (200 digits, ImageNet-C gaussian levels): the best stem lambda drops to 0.3 at severities 1-3 (clipped noise
+# on digits' 0/1 pixels acts as a loss of contrast) and rises to 1.0-1.4 at severities 4-5, with gains of +1 to
+# +15 points; the label-free rule's mean lambda grows with the severity on all four noises.
+SDNET_LAMBDA = 0.5
 # The generated suite: the 4 noise corruptions and a few others that keep the step
 # short (the slow ones, zoom and glass blur, are left out), on the first test images.
 SUITE_CORRUPTIONS = (
@@ -40,8 +48,10 @@ ATTACK_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 ATTACK_IMAGES = 100
 QUICK_ATTACK_EPSILONS = (2 / 255, 8 / 255)
 QUICK_ATTACK_IMAGES = 32
-# Lambda tuning of the SDNet's stem on the suite's noise corruptions (the paper's sweep).
+# Lambda tuning of the SDNet's stem on the noise corruptions (the paper's sweep), at ImageNet-C's
+# levels: CIFAR-10-C's noise barely moves a digits SDNet (97-98 % at severity 5).
 TUNE_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
+TUNE_PROFILE = "imagenet"
 QUICK_TUNE_CORRUPTIONS = ("gaussian_noise",)
 POLICY_NAME = "lambda_policy.json"
 REPORT_NAME = "report"
@@ -75,6 +85,7 @@ def run_demo(
             out_dir=out_dir / arch,
             epochs=epochs,
             width=DEMO_WIDTH,
+            lam=SDNET_LAMBDA if arch == "sdnet18" else None,
             resume=False,  # a demo always shows a fresh run
             progress=progress,
         )
@@ -190,7 +201,7 @@ def _tune(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
 
     corruptions = QUICK_TUNE_CORRUPTIONS if quick else TUNE_CORRUPTIONS
     n = QUICK_SUITE_IMAGES if quick else SUITE_IMAGES
-    suite = generated_suite("digits", profile="cifar", corruptions=corruptions, n_examples=n)
+    suite = generated_suite("digits", profile=TUNE_PROFILE, corruptions=corruptions, n_examples=n)
     clean = generated_clean("digits", "test", None, n)
     result = tune_checkpoint(
         results["models"]["sdnet18"]["checkpoint"], suite, store=out_dir / STORE_NAME, clean=clean,
@@ -201,7 +212,8 @@ def _tune(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
 
 def _print_tune(results: dict, echo: Callable[[str], None]) -> None:
     result = results["tune"]["result"]
-    echo(f"lambda tuning of sdnet18's stem ({results['seconds_by_step']['tune']:.0f}s)")
+    echo(f"lambda tuning of sdnet18's stem (trained at {SDNET_LAMBDA:g}) on {TUNE_PROFILE}-level noise "
+         f"({results['seconds_by_step']['tune']:.0f}s)")
     for line in result.lines():
         echo(line)
 

@@ -680,6 +680,29 @@ def test_record_stats_match_dense(stride, k, pad, size):
     assert 0 < float(stats.code_density.min()) and float(stats.code_density.max()) < 1
 
 
+def test_record_stats_of_some_rows_equal_those_rows_of_all():
+    """stats_rows (what the lambda sweep uses) gives exactly the full statistics' rows; restored on exit."""
+    layer = make_layer(2, 4, 3, 1, 1, seed=41, n_steps=2, lam=0.1)
+    x = rand(6, 2, 7, 7, seed=42)
+    layer.lam = torch.tensor([0.05, 0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
+    with torch.no_grad(), record_stats(layer):
+        layer(x)
+        full = layer.last_stats
+        layer.stats_rows = slice(2, 5)
+        layer(x)
+        part = layer.last_stats
+    assert layer.stats_rows is None and layer.record_stats is False
+    assert part.recon_error.shape == (3,)
+    assert torch.allclose(part.recon_error, full.recon_error[2:5], rtol=1e-6)
+    assert torch.equal(part.code_density, full.code_density[2:5])
+    with torch.no_grad(), record_stats(layer, rows=slice(0, 1)):
+        layer(x)
+    assert torch.allclose(layer.last_stats.recon_error, full.recon_error[:1], rtol=1e-6)
+    with pytest.raises(RobustCSCError, match="slice"):
+        with record_stats(layer, rows=[0, 1]):
+            pass
+
+
 # ----------------------------------------------------------------------------
 # 11. Lambda controls on a model
 # ----------------------------------------------------------------------------

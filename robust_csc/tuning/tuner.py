@@ -186,14 +186,16 @@ def tune(
                     0.0)
             else:
                 data = clean if corruption == CLEAN else suite.dataset(corruption, severity)
-                result = sweep_cell(model, split.subset(data, "tune"), swept, layers,
-                                    batch_size=batch_size, num_workers=num_workers, device=device)
+                # Statistics at every value: the store's per-grid-cell recon error and code density
+                # feed the report's curves; the recon rule reads the reference value's.
+                result = sweep_cell(model, split.subset(data, "tune"), swept, layers, batch_size=batch_size,
+                                    num_workers=num_workers, device=device, stats="all")
                 sweeps[(corruption, severity)] = result
                 for i, key in enumerate(keys):
                     store.add(key, {
                         "n": result.n, "correct": int(result.correct[i]),
-                        "mean_recon_error": float(result.recon_error[i]),
-                        "mean_code_density": float(result.code_density[i]),
+                        "mean_recon_error": _number_or_none(result.recon_error[i]),
+                        "mean_code_density": _number_or_none(result.code_density[i]),
                         "seconds": result.seconds / len(swept),  # the cell's sweep time, shared out
                         "extra": {"suite": suite.name, "sweep": len(swept), "batch_size": batch_size},
                     })
@@ -242,6 +244,11 @@ def tune(
     ])
     return TuneResult(policy=policy, oracle=oracle, frame=frame, sweep=sweep, split=split,
                       stats={"reference": reference, "swept": swept})
+
+
+def _number_or_none(value: float) -> float | None:
+    """A statistic for the store: None where it was not recorded (NaN)."""
+    return None if math.isnan(value) else float(value)
 
 
 def _arch(model: nn.Module, model_name: str) -> str:
