@@ -237,7 +237,7 @@ def test_table_counts_equal_inversion_by_brute_force(one_thread):
         u[:6] = [2**-24, 1 - 2**-24, 0.5 - 2**-24, 0.5 + 2**-24, 3 * 2**-24, 1 - 3 * 2**-24]  # the extremes
         q[:6] = 255
         got = poisson.table_counts(
-            torch.tensor(q, dtype=torch.int32), torch.tensor(u, dtype=torch.float32), table.start, table.next
+            torch.tensor(q, dtype=torch.int32), torch.tensor(u, dtype=torch.float32), table.packed, table.extra
         ).numpy()
         ks = np.arange(int(c + 8 * math.sqrt(c) + 16) + 1)
         expected = []

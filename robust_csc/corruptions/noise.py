@@ -122,12 +122,15 @@ def _shot_kernel(x, k1, k2, level):
     return poisson_bulk(_shot_rates(x, level), base_hash(k1, k2, element_counters(x.shape[1], x.device)))
 
 
-def _shot_table_kernel(x, k1, k2, start, following, level):
-    """Shot-noise values of 8-bit x by table inversion, -1 where x is off the 8-bit grid; and how many are."""
+def _shot_table_kernel(x, k1, k2, packed, extra, level):
+    """Shot-noise values of 8-bit x by table inversion, -1 where x is off the 8-bit grid; and how many are, per row.
+
+    (Counted per row, so the count shares the values' loop over each image instead of a second pass.)
+    """
     u = to_uniform(base_hash(k1, k2, element_counters(x.shape[1], x.device)))
     q = grid_index(x)
-    counts = table_counts(q, u, start, following)
-    return torch.where(q < 0, -1.0, torch.clamp(counts / level, 0.0, 1.0)), (q < 0).sum()
+    counts = table_counts(q, u, packed, extra)
+    return torch.where(q < 0, -1.0, torch.clamp(counts / level, 0.0, 1.0)), (q < 0).sum(dim=1)
 
 
 def _shot_eager(x, k1, k2, level):
@@ -182,7 +185,7 @@ def _run_eager(kind: str, flat, k1, k2, *rest) -> torch.Tensor:
     if len(chunks) == 1:
         return chunks[0]
     if isinstance(chunks[0], tuple):  # (values, count): the shot table kernel
-        return torch.cat([c[0] for c in chunks]), sum(c[1] for c in chunks)
+        return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
     return torch.cat(chunks)
 
 
@@ -303,8 +306,8 @@ def _shot_noise(flat, k1, k2, level: float, level_t, compiled: bool) -> torch.Te
     table = poisson_table(level, flat.device) if level <= TABLE_MAX_LEVEL else None
     if table is None or not table.usable:
         return torch.clamp(_exact_counts(flat, k1, k2, level, level_t, compiled) / level, 0.0, 1.0)
-    out, n_off_grid = run("shot-table", flat, k1, k2, table.start, table.next, level_t)
-    n_off_grid = int(n_off_grid)
+    out, n_off_grid = run("shot-table", flat, k1, k2, table.packed, table.extra, level_t)
+    n_off_grid = int(n_off_grid.sum())
     if n_off_grid == 0:
         return out
     off_grid = out < 0

@@ -180,8 +180,12 @@ def _ptrs_to_end(lam: torch.Tensor, base: torch.Tensor, first_pair: int) -> torc
 # relative terms, so the far tails are as finely resolved as the middle.  A
 # bucket spans at most a count or two (measured when the tables are built), so
 # the guide also stores the table values just after each start, and a value's
-# count is its bucket's start plus one or two comparisons: gathers at a single
-# index, no transcendental function, in one fused elementwise kernel.
+# count is its bucket's start plus one or two comparisons: one 32-bit gather
+# (start and the first value packed), no transcendental function, in one fused
+# elementwise kernel.  Comparisons run on float bits as integers, which order
+# like the non-negative floats they encode, relative to the bucket's first bits
+# (clamped to one past either end of the bucket, which keeps every outcome), so
+# that a start and a key fit one word and the table (1.5 MB) stays in cache.
 
 #: Largest photon scale c that gets tables (256 x 2 x 737 x (1 + steps) words, plus
 #: the CDF); above it, and for levels whose buckets span too many counts, PTRS runs.
@@ -193,6 +197,9 @@ _MANTISSA_BITS = 5
 _SHIFT = 23 - _MANTISSA_BITS
 _BITS_MIN = int(np.float32(2.0**-24).view(np.int32))  # the smallest uniform
 _BUCKETS = ((int(np.float32(0.5).view(np.int32)) - _BITS_MIN) >> _SHIFT) + 1
+#: Starts are packed below this (c + 8 sqrt(c) + 16 < 4096 for c <= TABLE_MAX_LEVEL).
+_START_BITS = 12
+_START_LIMIT = 1 << _START_BITS
 
 
 def _bucket_starts() -> np.ndarray:
@@ -204,18 +211,22 @@ def _bucket_starts() -> np.ndarray:
 class PoissonTable:
     """Guided inversion tables of Poisson(c * q / 255), q = 0..255, on one device.
 
-    start: (256, 2, _BUCKETS) int32, the count at each bucket's lower end, for
-    side 0 (u < 1/2, the CDF F) and side 1 (u > 1/2, minus the survival function
-    -S: ascending, so one comparison ``next < t`` serves both sides with t = u or
-    t = -w).  next: (steps, 256, 2, _BUCKETS) float32, the row's values at
-    start + i.  steps is the largest count span of a bucket; usable is False
-    when it exceeds MAX_GUIDE_STEPS.
+    For each (q, side, bucket): side 0 inverts the CDF F (u < 1/2), side 1 the
+    survival function S (u > 1/2, with w = 1 - u).  With r = the bits of w less
+    the bucket's first bits, a value's count is start + #{i < steps: key_i < r}
+    on side 0 and start + #{i < steps: key_i > r} on side 1, where key_i is the
+    bits of F(start + i) (or S(start + i)) less the bucket's first bits,
+    clamped to [-1, 2^_SHIFT]: F < u and S > w, as integers.
+    packed: (256, 2, _BUCKETS) int32, (key_0 + 1) * 4096 + start; extra:
+    (steps - 1, 256, 2, _BUCKETS) int32, key_1 ...; steps is the largest count
+    span of a bucket; usable is False when it exceeds MAX_GUIDE_STEPS.
     """
 
     def __init__(self, level: float, device: torch.device):
         import scipy.stats  # lazily: only shot noise needs it
 
         columns = int(math.ceil(level + 8.0 * math.sqrt(level) + 16.0))
+        assert columns <= _START_LIMIT, "Poisson table too long to pack"
         rates = np.arange(GRID_LEVELS + 1, dtype=np.float64)[:, None] * (level / GRID_LEVELS)
         counts = np.arange(columns)[None, :]
         cdf = scipy.stats.poisson.cdf(counts, rates).astype(np.float32)
@@ -237,11 +248,13 @@ class PoissonTable:
                 span = max(span, int((end - start[q, side]).max()))
         self.level, self.steps = level, max(span, 1)
         self.usable = span <= MAX_GUIDE_STEPS
+        bits = np.stack([cdf.view(np.int32), sf.view(np.int32)], axis=1).astype(np.int64)  # (256, 2, K)
         following = np.minimum(start[None] + np.arange(self.steps)[:, None, None, None], columns - 1)
-        self.start = torch.from_numpy(start.astype(np.int32)).to(device)
-        self.next = torch.from_numpy(
-            np.take_along_axis(values[None].repeat(self.steps, 0), following, axis=-1).astype(np.float32)
-        ).to(device)
+        bucket_bits = _BITS_MIN + (np.arange(_BUCKETS, dtype=np.int64) << _SHIFT)
+        keys = np.take_along_axis(np.broadcast_to(bits, (self.steps, *bits.shape)), following, axis=-1)
+        keys = np.clip(keys - bucket_bits, -1, 1 << _SHIFT)
+        self.packed = torch.from_numpy(((keys[0] + 1) * _START_LIMIT + start).astype(np.int32)).to(device)
+        self.extra = torch.from_numpy(keys[1:].astype(np.int32)).to(device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -256,19 +269,27 @@ def grid_index(x: torch.Tensor) -> torch.Tensor:
     return torch.where((q / GRID_LEVELS) == x, q, -1.0).to(torch.int32)
 
 
-def table_counts(q: torch.Tensor, u: torch.Tensor, start: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+def table_counts(q: torch.Tensor, u: torch.Tensor, packed: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
     """Poisson counts (float32) by guided table inversion from uniforms u; -1 where q < 0 (off the grid).
 
-    start and following are a usable PoissonTable's ``start`` and ``next`` (any
-    device); q (int32) and u share a shape.
+    packed and extra are a usable PoissonTable's tables (any device); q (int32)
+    and u share a shape.
     """
     lower = u < 0.5
     w = torch.where(lower, u, 1.0 - u)
     # Positive floats order like their bits: the bucket is a float32 exponent and mantissa prefix.
-    bucket = torch.clamp((w.view(torch.int32) - _BITS_MIN) >> _SHIFT, 0, _BUCKETS - 1)
+    bits = w.view(torch.int32) - _BITS_MIN
+    bucket = torch.clamp(bits >> _SHIFT, 0, _BUCKETS - 1)
+    offset = bits & ((1 << _SHIFT) - 1)  # w's bits within its bucket
     index = (torch.clamp(q, min=0) * 2 + (~lower).to(torch.int32)) * _BUCKETS + bucket
-    target = torch.where(lower, u, -w)
-    k = start.view(-1)[index].to(torch.float32)
-    for step in range(following.shape[0]):
-        k = k + (following[step].view(-1)[index] < target).to(torch.float32)
+    entry = packed.view(-1)[index]
+    key = (entry >> _START_BITS) - 1
+    k = (entry & (_START_LIMIT - 1)).to(torch.float32) + _counted(key, offset, lower)
+    for step in range(extra.shape[0]):
+        k = k + _counted(extra[step].view(-1)[index], offset, lower)
     return torch.where(q < 0, -1.0, k)
+
+
+def _counted(key: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """1.0 where the table value lies below u: F < u (key < offset), or S > w (key > offset)."""
+    return torch.where(lower, key < offset, key > offset).to(torch.float32)
