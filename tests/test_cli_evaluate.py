@@ -224,9 +224,10 @@ def test_stored_suite_takes_the_clean_test_set_when_there_is_one(capsys, checkpo
     folder = write_cifar_c(tmp_path / "CIFAR-10-C", "cifar10-c", images, labels)
     asked = []
 
-    def fake_clean(dataset, split, root, n_examples):
+    def fake_clean(dataset, split, root, n_examples, verify_checksums=True):
         # No CIFAR-10 download here: stand in with the severity-1 pixels as "clean".
         asked.append((dataset, split, Path(root), n_examples))
+        assert verify_checksums  # on unless --no-verify-checksums
         return [(from_uint8_hwc(images["fog"][i]), int(labels[i]), i) for i in range(n_examples or n)]
 
     monkeypatch.setattr(generated, "generated_clean", fake_clean)
