@@ -33,6 +33,11 @@ from _timing import ratio_of, time_rounds  # noqa: E402
 
 from robust_csc.corruptions import add_noise, noise_level  # noqa: E402
 
+# Compile in this process: inductor's pool of compile workers otherwise keeps a core
+# busy for a while after each build, and on 2 cores that slowed the first timed rounds
+# of whichever kind came first by 2-4x (measured: gaussian 6-13x in such runs, 22-25x without).
+torch._inductor.config.compile_threads = 1
+
 TARGET = 20.0
 
 
