@@ -3,8 +3,10 @@
 Randomness is counter-based: every uniform is a hash of (per-image key, element,
 draw), so an image's noise never depends on the batch it travels in, its
 position there, or the chunking of the work, and the whole batch is drawn in a
-few elementwise passes (one fused kernel with ``compiled=True``).  Only torch
-ops are used, so the same code runs on CUDA tensors.
+few elementwise passes (one fused kernel with ``compiled=True``).  The kernels
+are torch ops, so the same code runs on CUDA tensors.  The hashing lives in
+counter_rng.py, the exact Poisson samplers of shot noise (and their tables,
+built once per level with scipy) in poisson.py.
 """
 
 from __future__ import annotations
