@@ -106,11 +106,16 @@ def _speckle_kernel(x, k1, k2, level):
     return _box_muller(x, k1, k2, level, multiplicative=True)
 
 
+def _element_bases(x, k1, k2):
+    """Draw 0 of every element of a (B, N) block of whole images with row keys (B, 1)."""
+    return base_hash(k1, k2, element_counters(x.shape[1], x.device))
+
+
 def _impulse_kernel(x, k1, k2, level):
     # skimage's 's&p' (what imagecorruptions calls): each value independently is
     # flipped with probability `amount`, to salt (1) or pepper (0) with equal odds.
     # One uniform decides both: u < amount/2 salt, amount/2 <= u < amount pepper.
-    u = to_uniform(base_hash(k1, k2, element_counters(x.shape[1], x.device)))
+    u = to_uniform(_element_bases(x, k1, k2))
     out = torch.where(u < level, 0.0, torch.clamp(x, 0.0, 1.0))
     return torch.where(u < 0.5 * level, 1.0, out).to(x.dtype)
 
@@ -121,7 +126,7 @@ def _shot_rates(x, level):
 
 def _shot_kernel(x, k1, k2, level):
     """Poisson counts of lambda = x * level, or -1 where _finish_shot must finish."""
-    return poisson_bulk(_shot_rates(x, level), base_hash(k1, k2, element_counters(x.shape[1], x.device)))
+    return poisson_bulk(_shot_rates(x, level), _element_bases(x, k1, k2))
 
 
 def _shot_table_kernel(x, k1, k2, packed, extra, level):
@@ -129,7 +134,7 @@ def _shot_table_kernel(x, k1, k2, packed, extra, level):
 
     (Counted per row, so the count shares the values' loop over each image instead of a second pass.)
     """
-    u = to_uniform(base_hash(k1, k2, element_counters(x.shape[1], x.device)))
+    u = to_uniform(_element_bases(x, k1, k2))
     q = grid_index(x)
     counts = table_counts(q, u, packed, extra)
     return torch.where(q < 0, -1.0, torch.clamp(counts / level, 0.0, 1.0)), (q < 0).sum(dim=1)
@@ -138,7 +143,7 @@ def _shot_table_kernel(x, k1, k2, packed, extra, level):
 def _shot_eager(x, k1, k2, level):
     """Poisson counts of lambda = x * level, all decided (eager: no fixed work to save)."""
     lam = _shot_rates(x, level)
-    base = base_hash(k1, k2, element_counters(x.shape[1], x.device))
+    base = _element_bases(x, k1, k2)
     return poisson_sample(lam.reshape(-1), base.reshape(-1)).view(lam.shape)
 
 
@@ -317,8 +322,7 @@ def _shot_noise(flat, k1, k2, level: float, level_t, compiled: bool) -> torch.Te
         exact = torch.clamp(_exact_counts(flat, k1, k2, level, level_t, compiled) / level, 0.0, 1.0)
         return torch.where(off_grid, exact, out)
     rows, cols = torch.nonzero(off_grid, as_tuple=True)
-    base = base_hash(k1[rows, 0], k2[rows, 0], cols.to(torch.int32))
-    counts = poisson_sample(_shot_rates(flat[rows, cols], level), base)
+    counts = _exact_counts_at(rows, cols, flat, k1, k2, level)
     out[rows, cols] = torch.clamp(counts / level, 0.0, 1.0).to(out.dtype)
     return out
 
@@ -334,8 +338,12 @@ def _exact_counts(flat, k1, k2, level: float, level_t, compiled: bool) -> torch.
 
 def _finish_shot(counts, flat, k1, k2, level: float) -> None:
     """Decide, in place, the Poisson counts the fused kernel left open (-1)."""
-    open_rows, open_cols = torch.nonzero(counts < 0, as_tuple=True)
-    if open_rows.numel():
-        lam = _shot_rates(flat[open_rows, open_cols], level)
-        base = base_hash(k1[open_rows, 0], k2[open_rows, 0], open_cols.to(torch.int32))
-        counts[open_rows, open_cols] = poisson_sample(lam, base, PTRS_CANDIDATES).to(counts.dtype)
+    rows, cols = torch.nonzero(counts < 0, as_tuple=True)
+    if rows.numel():
+        counts[rows, cols] = _exact_counts_at(rows, cols, flat, k1, k2, level, PTRS_CANDIDATES).to(counts.dtype)
+
+
+def _exact_counts_at(rows, cols, flat, k1, k2, level: float, first_pair: int = 0) -> torch.Tensor:
+    """Exact Poisson counts of the elements at (rows, cols), from their own draws (PTRS from pair first_pair)."""
+    base = base_hash(k1[rows, 0], k2[rows, 0], cols.to(torch.int32))
+    return poisson_sample(_shot_rates(flat[rows, cols], level), base, first_pair)

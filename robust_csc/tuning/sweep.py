@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -134,7 +133,7 @@ def sweep_cell(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), (record_stats(model, layers="stem") if recorded else nullcontext()) as stem:
+        with torch.inference_mode(), (record_stats(model, layers="stem") if recorded else contextlib.nullcontext()) as stem:
             stem_layer = next(iter(stem.values())) if recorded else None
             for batch in loader:
                 images = batch[0].to(device, non_blocking=True)
