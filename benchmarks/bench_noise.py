@@ -97,9 +97,10 @@ def main() -> None:
             f"{label:<9} {compile_s:>9.1f} {rates[0]:>10.0f} {rates[1]:>8.0f} {rates[2]:>9.0f} {rates[3]:>8.0f}"
             f" {ratios[0]:>7.1f}x {ratios[1]:>7.1f}x {ratios[2]:>7.1f}x"
         )
-    smallest = min(worst)
-    verdict = "meets" if smallest >= TARGET else "misses"
-    print(f"smallest compiled speed-up {smallest:.1f}x ({verdict} the {TARGET:.0f}x target)")
+    if worst:  # the target is for the suites' 8-bit inputs, not for the "~" rows
+        smallest = min(worst)
+        verdict = "meets" if smallest >= TARGET else "misses"
+        print(f"smallest compiled speed-up {smallest:.1f}x ({verdict} the {TARGET:.0f}x target)")
 
 
 if __name__ == "__main__":

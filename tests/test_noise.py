@@ -161,13 +161,14 @@ def test_shot_fused_kernel_and_its_finish_equal_the_eager_sampler(one_thread):
     # The compiled path's math (fixed work per value, -1 where undecided, then the
     # exact finish) run eagerly here: it must give the eager sampler's very counts.
     x = torch.rand((5, 3, 24, 24), generator=torch.Generator().manual_seed(4)).reshape(5, -1)
-    k1, k2 = counter_rng.image_keys(0, "shot", torch.arange(5))
+    index, words = torch.arange(5).view(-1, 1), counter_rng.seed_tensor(0, "shot", torch.device("cpu"))
+    k1, k2 = counter_rng.image_keys(index, words)
     undecided = 0
     for level in (3.0, 14.0, 60.0, 500.0):
         level_t = torch.tensor(level)
         bulk = noise_module._shot_kernel(x, k1, k2, level_t)
         undecided += int((bulk < 0).sum())
-        noise_module._finish_shot(bulk, x, k1, k2, level)
+        noise_module._finish_shot(bulk, x, index, words, level)
         assert torch.equal(bulk, noise_module._shot_eager(x, k1, k2, level_t))
     assert undecided > 0  # the finish had work to do
 
@@ -325,11 +326,13 @@ def test_empty_batch():
 def test_compiled_impulse_equals_eager(one_thread):
     # Impulse is the cheapest kernel to compile (seconds) and has no transcendental
     # functions, so compiled and eager must agree bit for bit, per image and batch.
+    # The compiled kernel derives the image keys itself: indices past 31 and 32 bits too.
     x = _photos(5, (3, 8, 8))
-    eager = add_noise(x, "impulse", 0.3, 5, range(5))
-    compiled = add_noise(x, "impulse", 0.3, 5, range(5), compiled=True)
+    indices = [3, 2**31, 2**32 + 5, 2**40 + 1, 2**62 + 3]
+    eager = add_noise(x, "impulse", 0.3, 5, indices)
+    compiled = add_noise(x, "impulse", 0.3, 5, indices, compiled=True)
     assert torch.equal(compiled, eager)
-    assert torch.equal(add_noise(x[3:], "impulse", 0.3, 5, [3, 4], compiled=True), eager[3:])
+    assert torch.equal(add_noise(x[3:], "impulse", 0.3, 5, indices[3:], compiled=True), eager[3:])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -348,19 +351,18 @@ def test_cuda_matches_cpu(kind):
         assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
 
 
-def test_image_keys_agree_on_the_numpy_and_torch_paths(one_thread):
-    # CPU batches derive their keys in numpy, other devices in torch ops: the same words.
-    index = torch.tensor([0, 1, 7, 2**31, 2**32 + 5, 2**40 + 1, 2**62 + 3])
-    numpy_keys = counter_rng.image_keys(4, "shot", index)
-
-    class OnAnotherDevice(torch.Tensor):  # reports a non-CPU device, computes on the CPU
-        @property
-        def device(self):
-            return torch.device("meta")
-
-    torch_keys = counter_rng.image_keys(4, "shot", index.as_subclass(OnAnotherDevice))
-    for a, b in zip(numpy_keys, torch_keys):
-        assert torch.equal(a, b.as_subclass(torch.Tensor))
+def test_image_keys_equal_their_definition_on_python_ints(one_thread):
+    # k1 = h(h(low ^ s0) ^ high ^ s1), k2 likewise with s2, s3, where low and high
+    # are the index's 32-bit halves: int64 splitting and int32 wrapping must not lose bits.
+    index = [0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32 + 5, 2**40 + 1, 2**62 + 3, 2**63 - 1]
+    s = [w % 2**32 for w in counter_rng.seed_words(4, "shot")]
+    h = counter_rng.mix_word
+    expected = [
+        [h(h((i % 2**32) ^ s[a]) ^ (i >> 32) ^ s[b]) for i in index] for a, b in ((0, 1), (2, 3))
+    ]
+    words = counter_rng.seed_tensor(4, "shot", torch.device("cpu"))
+    got = counter_rng.image_keys(torch.tensor(index), words)
+    assert [[int(k) % 2**32 for k in keys] for keys in got] == expected
 
 
 def test_neighbouring_values_are_uncorrelated(one_thread):

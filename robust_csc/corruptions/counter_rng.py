@@ -43,8 +43,8 @@ def mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ ((x >> 15) & 0x1FFFF)
 
 
-def mix_word(word):
-    """lowbias32 on a Python int or a uint64 numpy array of 32-bit words (salts, and keys of CPU batches)."""
+def mix_word(word: int) -> int:
+    """lowbias32 on a Python int (a 32-bit word): the draw salts, and the reference the tests check mix against."""
     word &= M32
     word ^= word >> 16
     word = (word * 0x21F0AAAD) & M32
@@ -87,25 +87,25 @@ def element_counters(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device, dtype=torch.int32).view(1, n)
 
 
-def image_keys(seed: int, kind: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two int32 keys per image from (seed, kind, global index), as (B, 1) tensors on index's device."""
+def seed_tensor(seed: int, kind: str, device: torch.device) -> torch.Tensor:
+    """The four int32 seed words of (seed, kind) as a tensor on device: the input image_keys mixes with."""
     if isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.integer)) or int(seed) < 0:
         raise RobustCSCError(f"The seed {seed!r} is invalid; use a non-negative integer.")
-    s = seed_words(int(seed), kind)
-    if index.device.type == "cpu":
-        # numpy: a few microseconds for a batch, where a dozen small torch ops cost ~150 us per call.
-        words = index.numpy().astype(np.uint64)[None, :]
-        low, high = words & M32, words >> np.uint64(32)
-        salts = np.array([[s[0], s[2]], [s[1], s[3]]], dtype=np.int64).astype(np.uint64) & M32  # rows: first, second
-        keys = mix_word(mix_word(low ^ salts[0][:, None]) ^ high ^ salts[1][:, None])  # (2, B): k1, k2
-        k1, k2 = torch.from_numpy(keys.astype(np.uint32).view(np.int32))
-    else:
-        low = index & M32
-        low = torch.where(low >= 2**31, low - 2**32, low).to(torch.int32)  # the same 32 bits, as int32
-        high = (index >> 32).to(torch.int32)  # index < 2^63
-        k1 = mix(mix(low ^ s[0]) ^ high ^ s[1])
-        k2 = mix(mix(low ^ s[2]) ^ high ^ s[3])
-    return k1.view(-1, 1), k2.view(-1, 1)
+    return torch.tensor(seed_words(int(seed), kind), dtype=torch.int32, device=device)
+
+
+def image_keys(index: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two int32 keys per global image index (int64, any shape, < 2^63) from seed_tensor's words.
+
+    Plain torch ops, so the compiled kernels derive their keys themselves: a
+    dozen separate ops on a small batch cost more than the noise of its images.
+    """
+    low = index & M32
+    low = torch.where(low >= 2**31, low - 2**32, low).to(torch.int32)  # the same 32 bits, as int32
+    high = (index >> 32).to(torch.int32)
+    k1 = mix(mix(low ^ words[0]) ^ high ^ words[1])
+    k2 = mix(mix(low ^ words[2]) ^ high ^ words[3])
+    return k1, k2
 
 
 @functools.lru_cache(maxsize=256)

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from robust_csc.corruptions.counter_rng import base_hash, draw, element_counters, image_keys, to_uniform
+from robust_csc.corruptions.counter_rng import base_hash, draw, element_counters, image_keys, seed_tensor, to_uniform
 from robust_csc.corruptions.poisson import (
     PTRS_CANDIDATES,
     TABLE_MAX_LEVEL,
@@ -94,8 +94,9 @@ def _box_muller(x, k1, k2, level, multiplicative: bool) -> torch.Tensor:
 # --------------------------------------------------------------------------- kernels
 #
 # Each kernel maps a (B, N) float block of whole images and per-row keys (B, 1)
-# to the noisy block.  The same function runs eagerly (chunked by rows) or
-# through torch.compile (one fused kernel).
+# to the noisy block.  The same function runs eagerly (keys derived once, then
+# chunked by rows) or through torch.compile, where _keyed derives the keys from
+# the global indices inside the one fused kernel.
 
 
 def _gaussian_kernel(x, k1, k2, level):
@@ -168,24 +169,65 @@ _COMPILE_OPTIONS: dict[str, dict] = {
         "assert_indirect_indexing": False,
     },
 }
+#: Kernels run on keys from their own small compiled kernel: the shot table kernel's
+#: raised realize thresholds would inline the key derivation into each of its
+#: gathers (measured: a 330 s build instead of 4 s).
+_SEPARATE_KEYS = frozenset({"shot-table"})
 _compiled_kernels: dict[str, Callable] = {}
 _compile_failed: set[str] = set()
 
 
-def _run_compiled(kind: str, flat, k1, k2, *rest) -> torch.Tensor:
-    """The kernel through torch.compile (or eagerly if compiling failed).
+def _keyed(kind: str) -> Callable:
+    """The kernel of kind on (x, index (B, 1), seed words, ...): keys derived in the kernel itself."""
+    kernel = _KERNELS[kind]
 
-    The batch dimension is marked dynamic up front and the image size stays
-    static: one compilation per image size serves every batch size, and the
-    inner loop over an image's values keeps static, fully vectorised code.
-    """
-    for t in (flat, k1, k2):
+    def keyed_kernel(x, index, words, *rest):
+        return kernel(x, *image_keys(index, words), *rest)
+
+    return keyed_kernel
+
+
+def _compiled(name: str, fn: Callable) -> Callable:
+    """fn through torch.compile, built once per process (and per input size) under name."""
+    compiled = _compiled_kernels.get(name)
+    if compiled is None:
+        compiled = _compiled_kernels[name] = torch.compile(
+            fn, dynamic=False, fullgraph=True, options=_COMPILE_OPTIONS.get(name)
+        )
+    return compiled
+
+
+def _mark_batch_dynamic(*tensors: torch.Tensor) -> None:
+    # Marked up front so that the first build serves every batch size; the image
+    # size stays static, so the inner loop over an image's values keeps static,
+    # fully vectorised code.
+    for t in tensors:
         torch._dynamo.maybe_mark_dynamic(t, 0)
-    return _run_kernel(kind, flat, k1, k2, *rest)
 
 
-def _run_eager(kind: str, flat, k1, k2, *rest) -> torch.Tensor:
+def _run_compiled(kind: str, flat, index, words, *rest) -> torch.Tensor:
+    """The kernel through torch.compile, or eagerly if compiling failed (it then warns once per kind)."""
+    if kind not in _compile_failed:
+        _mark_batch_dynamic(flat, index)
+        try:
+            if kind in _SEPARATE_KEYS:
+                keys = _compiled("keys", image_keys)(index, words)
+                _mark_batch_dynamic(*keys)
+                return _compiled(kind, _KERNELS[kind])(flat, *keys, *rest)
+            return _compiled(kind, _keyed(kind))(flat, index, words, *rest)
+        except Exception as exc:  # compilation needs a C++ compiler (CPU) or triton (GPU)
+            _compile_failed.add(kind)
+            warnings.warn(
+                f"torch.compile failed for {kind} noise ({type(exc).__name__}: {exc}); using the eager kernel.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return _run_eager(kind, flat, index, words, *rest)
+
+
+def _run_eager(kind: str, flat, index, words, *rest) -> torch.Tensor:
     """The kernel eagerly, on chunks of whole images (intermediates stay in cache)."""
+    k1, k2 = image_keys(index, words)
     rows = max(1, _EAGER_CHUNK // flat.shape[1])
     kernel = _EAGER_KERNELS[kind]
     chunks = [kernel(flat[r : r + rows], k1[r : r + rows], k2[r : r + rows], *rest) for r in range(0, len(flat), rows)]
@@ -194,27 +236,6 @@ def _run_eager(kind: str, flat, k1, k2, *rest) -> torch.Tensor:
     if isinstance(chunks[0], tuple):  # (values, count): the shot table kernel
         return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
     return torch.cat(chunks)
-
-
-def _run_kernel(kind: str, *args) -> torch.Tensor:
-    """Run one kernel through torch.compile, or eagerly if compiling failed."""
-    kernel = _KERNELS[kind]
-    if kind not in _compile_failed:
-        fn = _compiled_kernels.get(kind)
-        if fn is None:
-            fn = _compiled_kernels[kind] = torch.compile(
-                kernel, dynamic=False, fullgraph=True, options=_COMPILE_OPTIONS.get(kind)
-            )
-        try:
-            return fn(*args)
-        except Exception as exc:  # compilation needs a C++ compiler (CPU) or triton (GPU)
-            _compile_failed.add(kind)
-            warnings.warn(
-                f"torch.compile failed for {kind} noise ({type(exc).__name__}: {exc}); using the eager kernel.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-    return _EAGER_KERNELS[kind](*args)
 
 
 # --------------------------------------------------------------------------- public entry
@@ -277,7 +298,8 @@ def add_noise(
             f"x must be a float tensor of shape (B, C, H, W), got "
             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}; convert it first."
         )
-    index = _check_indices(indices, x.shape[0], x.device)
+    index = _check_indices(indices, x.shape[0], x.device).view(-1, 1)
+    words = seed_tensor(seed, kind, x.device)
     n_elements = math.prod(x.shape[1:])
     if n_elements >= 2**31:
         raise RobustCSCError(
@@ -289,21 +311,20 @@ def add_noise(
     if kind in ("gaussian", "speckle") and level == 0:
         return torch.clamp(x, 0.0, 1.0)
 
-    k1, k2 = image_keys(seed, kind, index)
     work_dtype = torch.promote_types(x.dtype, torch.float32)
     flat = x.reshape(x.shape[0], n_elements).to(work_dtype)
     # A 0-d tensor, not a float, so that a compiled kernel is not rebuilt per level.
     level_t = torch.tensor(level, dtype=torch.float32, device=x.device)
 
     if kind == "shot":
-        out = _shot_noise(flat, k1, k2, level, level_t, compiled)
+        out = _shot_noise(flat, index, words, level, level_t, compiled)
     else:
         run = _run_compiled if compiled else _run_eager
-        out = run(kind, flat, k1, k2, level_t)
+        out = run(kind, flat, index, words, level_t)
     return out.reshape(x.shape).to(x.dtype)
 
 
-def _shot_noise(flat, k1, k2, level: float, level_t, compiled: bool) -> torch.Tensor:
+def _shot_noise(flat, index, words, level: float, level_t, compiled: bool) -> torch.Tensor:
     """poisson(flat * level) / level, clipped: table inversion for 8-bit values, PTRS for the others.
 
     Which sampler an element gets depends only on its own value and the level,
@@ -312,38 +333,39 @@ def _shot_noise(flat, k1, k2, level: float, level_t, compiled: bool) -> torch.Te
     run = _run_compiled if compiled else _run_eager
     table = poisson_table(level, flat.device) if level <= TABLE_MAX_LEVEL else None
     if table is None or not table.usable:
-        return torch.clamp(_exact_counts(flat, k1, k2, level, level_t, compiled) / level, 0.0, 1.0)
-    out, n_off_grid = run("shot-table", flat, k1, k2, table.packed, table.extra, level_t)
+        return torch.clamp(_exact_counts(flat, index, words, level, level_t, compiled) / level, 0.0, 1.0)
+    out, n_off_grid = run("shot-table", flat, index, words, table.packed, table.extra, level_t)
     n_off_grid = int(n_off_grid.sum())
     if n_off_grid == 0:
         return out
     off_grid = out < 0
     if compiled and n_off_grid * 8 > off_grid.numel():  # many: PTRS's fused kernel on the whole batch
-        exact = torch.clamp(_exact_counts(flat, k1, k2, level, level_t, compiled) / level, 0.0, 1.0)
+        exact = torch.clamp(_exact_counts(flat, index, words, level, level_t, compiled) / level, 0.0, 1.0)
         return torch.where(off_grid, exact, out)
     rows, cols = torch.nonzero(off_grid, as_tuple=True)
-    counts = _exact_counts_at(rows, cols, flat, k1, k2, level)
+    counts = _exact_counts_at(rows, cols, flat, index, words, level)
     out[rows, cols] = torch.clamp(counts / level, 0.0, 1.0).to(out.dtype)
     return out
 
 
-def _exact_counts(flat, k1, k2, level: float, level_t, compiled: bool) -> torch.Tensor:
+def _exact_counts(flat, index, words, level: float, level_t, compiled: bool) -> torch.Tensor:
     """Poisson counts of flat * level for every element by inversion (lam < 10) and PTRS."""
     if not compiled:
-        return _run_eager("shot", flat, k1, k2, level_t)
-    counts = _run_compiled("shot", flat, k1, k2, level_t)
-    _finish_shot(counts, flat, k1, k2, level)
+        return _run_eager("shot", flat, index, words, level_t)
+    counts = _run_compiled("shot", flat, index, words, level_t)
+    _finish_shot(counts, flat, index, words, level)
     return counts
 
 
-def _finish_shot(counts, flat, k1, k2, level: float) -> None:
+def _finish_shot(counts, flat, index, words, level: float) -> None:
     """Decide, in place, the Poisson counts the fused kernel left open (-1)."""
     rows, cols = torch.nonzero(counts < 0, as_tuple=True)
     if rows.numel():
-        counts[rows, cols] = _exact_counts_at(rows, cols, flat, k1, k2, level, PTRS_CANDIDATES).to(counts.dtype)
+        counts[rows, cols] = _exact_counts_at(rows, cols, flat, index, words, level, PTRS_CANDIDATES).to(counts.dtype)
 
 
-def _exact_counts_at(rows, cols, flat, k1, k2, level: float, first_pair: int = 0) -> torch.Tensor:
+def _exact_counts_at(rows, cols, flat, index, words, level: float, first_pair: int = 0) -> torch.Tensor:
     """Exact Poisson counts of the elements at (rows, cols), from their own draws (PTRS from pair first_pair)."""
+    k1, k2 = image_keys(index, words)  # per row, then gathered: rows may hold every element
     base = base_hash(k1[rows, 0], k2[rows, 0], cols.to(torch.int32))
     return poisson_sample(_shot_rates(flat[rows, cols], level), base, first_pair)
