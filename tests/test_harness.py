@@ -19,6 +19,7 @@ from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.data.generated import generated_clean, generated_suite
 from robust_csc.data.registry import load_dataset
 from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation import harness
 from robust_csc.evaluation.harness import evaluate, evaluate_checkpoint, lambda_setting_name
 from robust_csc.evaluation.store import ResultsStore
 from robust_csc.models import create_model
@@ -177,6 +178,32 @@ def test_evaluate_one_row_per_cell_matching_a_hand_loop(tmp_path):
     with ResultsStore(path) as store:
         after = store.to_frame()
     assert after.equals(before)
+
+
+def test_one_loader_with_workers_gives_each_cell_its_own_images(tmp_path):
+    # The harness reads every cell through one DataLoader (its workers read ahead
+    # across cells): each cell's counts must still be those of its images alone.
+    model = tiny()
+    s = suite(n=7)  # 7 images, batches of 3: every cell ends in a short batch
+    result = run(model, tmp_path / "r.sqlite", s=s, clean=False, num_workers=2, batch_size=3)
+    got = rows(result.frame)
+    for c in CORRUPTIONS:
+        for v in SEVERITIES:
+            assert got[("trained", c, v)] == hand_counts(model, s.dataset(c, v))
+
+
+def test_cell_batches_cover_each_cell_once_and_never_cross_one():
+    sizes = [7, 0, 3, 6, 1]
+    sampler = harness._CellBatches(sizes, 3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3 + 0 + 1 + 2 + 1
+    cell_of = [i for i, size in enumerate(sizes) for _ in range(size)]
+    seen = []
+    for batch in batches:
+        assert len({cell_of[j] for j in batch}) == 1 and 1 <= len(batch) <= 3
+        seen.extend(batch)
+    assert seen == list(range(sum(sizes)))  # every image once, in order
+    assert [sampler.batches_of(size) for size in sizes] == [3, 0, 1, 2, 1]
 
 
 def test_evaluate_restores_training_mode_and_accepts_an_open_store(tmp_path):
