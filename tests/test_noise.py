@@ -335,6 +335,31 @@ def test_compiled_impulse_equals_eager(one_thread):
     assert torch.equal(add_noise(x[3:], "impulse", 0.3, 5, indices[3:], compiled=True), eager[3:])
 
 
+def test_a_failed_compile_warns_once_and_runs_eagerly(one_thread, monkeypatch):
+    # Without a C++ compiler torch.compile fails at the first call: add_noise must
+    # warn, give the eager result, and not try that kind again.
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            calls.append(fn)
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(noise_module, "_compiled_kernels", {})
+    monkeypatch.setattr(noise_module, "_compile_failed", set())
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x = _photos(3, (3, 6, 6))
+    for kind in ("gaussian", "shot"):
+        eager = add_noise(x, kind, LEVELS[kind], 1, range(3))
+        with pytest.warns(RuntimeWarning, match=f"torch.compile failed for {kind}"):
+            assert torch.equal(add_noise(x, kind, LEVELS[kind], 1, range(3), compiled=True), eager)
+        tries = len(calls)
+        assert torch.equal(add_noise(x, kind, LEVELS[kind], 1, range(3), compiled=True), eager)
+        assert len(calls) == tries  # not retried
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_matches_cpu(kind):

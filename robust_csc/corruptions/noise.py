@@ -220,7 +220,7 @@ def _run_compiled(kind: str, flat, index, words, *rest) -> torch.Tensor:
             warnings.warn(
                 f"torch.compile failed for {kind} noise ({type(exc).__name__}: {exc}); using the eager kernel.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=3,  # the caller of add_noise (one level deeper for shot)
             )
     return _run_eager(kind, flat, index, words, *rest)
 
