@@ -151,6 +151,8 @@ def _cell_batches(
     cell boundaries (a loader per cell restarted them every cell: ~50 ms per
     cell with 2 workers here, more for a CUDA process forking 8).
     """
+    if not datas:  # nothing pending (ConcatDataset refuses an empty list)
+        return
     sampler = _CellBatches([len(data) for data in datas], batch_size)
     loader = DataLoader(ConcatDataset(datas), batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
     batches = iter(loader)
@@ -282,7 +284,7 @@ def evaluate(
             bar = tqdm(total=len(mine), desc=f"{model_name} on {suite.name}", unit="cell")
         try:
             datas = [clean if cell.corruption == CLEAN else suite.dataset(cell.corruption, cell.severity) for cell in mine]
-            cell_batches = _cell_batches(datas, batch_size, num_workers, pin_memory=device.type == "cuda") if mine else []
+            cell_batches = _cell_batches(datas, batch_size, num_workers, pin_memory=device.type == "cuda")
             for cell, batches in zip(mine, cell_batches):
                 if bar is not None:  # names the cell in flight
                     bar.set_postfix_str(f"{cell.corruption} {cell.severity} lambda {cell.setting.name}")
