@@ -562,9 +562,9 @@ def info(checkpoint: Path = typer.Argument(..., help="A robust-csc .safetensors 
 
 
 # The verbs in robust_csc/commands register themselves on `app` when imported.
-from robust_csc.commands import attack as _attack, report as _report, tune as _tune  # noqa: E402
+from robust_csc.commands import attack as _attack, noise_curve as _noise_curve, report as _report, tune as _tune  # noqa: E402
 
-_VERBS = (_attack, _report, _tune)
+_VERBS = (_attack, _noise_curve, _report, _tune)
 
 
 def _one_line(message: str) -> str:

@@ -8,7 +8,10 @@
    noise levels, stronger than CIFAR-10-C's) on a tuning split, report it on a
    disjoint reporting split, and fit the label-free reconstruction-error rule;
    the policy goes to ``out_dir/lambda_policy.json``.
-5. Write the report (``out_dir/report/index.html`` and its Markdown twin).
+5. Measure the SDNet's accuracy against a continuous gaussian sigma at its
+   trained lambda, a raised stem lambda and the label-free rule
+   (``out_dir/noise_curve.csv`` and its figure).
+6. Write the report (``out_dir/report/index.html`` and its Markdown twin).
 
 A CLI job: it prints, and its last line is the path of the HTML report.
 """
@@ -54,6 +57,12 @@ TUNE_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_no
 TUNE_PROFILE = "imagenet"
 QUICK_TUNE_CORRUPTIONS = ("gaussian_noise",)
 POLICY_NAME = "lambda_policy.json"
+# Accuracy of the SDNet against a continuous gaussian sigma (the paper's lambda-versus-noise curve): the
+# trained stem lambda, a raised one, and the label-free rule fitted by the tuning step.
+CURVE_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+QUICK_CURVE_LEVELS = (0.0, 0.25, 0.5)
+CURVE_LAMBDAS = (None, "stem=1")
+CURVE_NAME = "noise_curve.csv"
 REPORT_NAME = "report"
 
 
@@ -107,6 +116,7 @@ def run_demo(
         ("suite", _evaluate_suite, _print_suite),
         ("attack", _attack, _print_attack),
         ("tune", _tune, _print_tune),
+        ("curve", _curve, _print_curve),
         ("report", _report, None),
     )
     for name, run_step, show in steps:
@@ -121,6 +131,7 @@ def run_demo(
     for arch, r in results["models"].items():
         echo(f"checkpoint {arch}: {r['checkpoint']}")
     echo(f"lambda policy: {results['tune']['policy']}")
+    echo(f"noise curve: {results['curve']['csv']}")
     echo(f"store: {out_dir / STORE_NAME}")
     timing = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in results["seconds_by_step"].items())
     echo(f"total time {results['seconds']:.0f}s ({timing})")
@@ -216,6 +227,35 @@ def _print_tune(results: dict, echo: Callable[[str], None]) -> None:
          f"({results['seconds_by_step']['tune']:.0f}s)")
     for line in result.lines():
         echo(line)
+
+
+def _curve(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
+    """The SDNet's accuracy against gaussian sigma: trained lambda, a raised stem lambda, the label-free rule."""
+    from robust_csc.data.generated import generated_clean
+    from robust_csc.evaluation.noise_curve import noise_curve, save_curve
+    from robust_csc.models.checkpoints import checkpoint_hash
+    from robust_csc.tuning import load_policy
+
+    checkpoint = results["models"]["sdnet18"]["checkpoint"]
+    model, _ = load_checkpoint(checkpoint)
+    policy = load_policy(results["tune"]["policy"], checkpoint_hash(checkpoint))
+    n = QUICK_SUITE_IMAGES if quick else SUITE_IMAGES
+    levels = QUICK_CURVE_LEVELS if quick else CURVE_LEVELS
+    frame = noise_curve(model, generated_clean("digits", "test", None, n), "gaussian", levels, (*CURVE_LAMBDAS, policy),
+                        model_name="sdnet18", progress=progress)
+    frame["lambda_setting"] = frame["lambda_setting"].replace(policy.name, "recon rule")
+    paths = save_curve(frame, out_dir / CURVE_NAME, "sdnet18 on digits: accuracy against gaussian sigma")
+    return {"frame": frame, "images": n, "csv": str(paths["csv"])}
+
+
+def _print_curve(results: dict, echo: Callable[[str], None]) -> None:
+    from robust_csc.evaluation.noise_curve import curve_table
+
+    curve = results["curve"]
+    echo(f"sdnet18 against gaussian sigma on the first {curve['images']} test digits "
+         f"(lambda per column; {results['seconds_by_step']['curve']:.0f}s)")
+    for line in curve_table(curve["frame"]).to_string(float_format=lambda v: f"{v:.4f}").splitlines():
+        echo(f"  {line}")
 
 
 def _report(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:

@@ -140,6 +140,13 @@ def test_demo_quick(capsys, tmp_path):
     for arch in ("sdnet18", "resnet18"):
         assert (out_dir / arch / "model.safetensors").is_file()
     assert (out_dir / "lambda_policy.json").is_file()
+    import pandas as pd
+
+    curve = pd.read_csv(out_dir / "noise_curve.csv")
+    assert set(curve["lambda_setting"]) == {"trained", "stem=1", "recon rule"}
+    trained = curve[curve["lambda_setting"] == "trained"].set_index("level")["accuracy"]
+    assert trained[0.0] > 0.8 and trained.min() < trained[0.0] - 0.3  # gaussian noise costs the SDNet accuracy
+    assert (out_dir / "noise_curve.png").is_file()
     last = out.strip().splitlines()[-1]
     assert last == f"report: {out_dir / 'report' / 'index.html'}"
     assert (out_dir / "report" / "index.html").stat().st_size > 10_000

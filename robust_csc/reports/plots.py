@@ -251,6 +251,22 @@ def chosen_lambda_vs_noise(rows: pd.DataFrame, title: str) -> Figure:
     return figure
 
 
+def accuracy_vs_noise_level(frame: pd.DataFrame, title: str) -> Figure:
+    """A noise_curve frame: accuracy against the noise level, one line per lambda setting."""
+    figure = new_figure(5.0, 3.4)
+    ax = figure.subplots()
+    for i, setting in enumerate(dict.fromkeys(frame["lambda_setting"])):
+        rows = frame[frame["lambda_setting"] == setting].sort_values("level")
+        ax.plot(rows["level"], rows["accuracy"], marker="o", markersize=3, color=f"C{i % 10}", label=f"lambda {setting}")
+    kinds = sorted(set(frame["kind"]))
+    ax.set_xlabel(f"{' / '.join(kinds)} noise level")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(wrap(title, 55), fontsize=8)
+    return figure
+
+
 def sparsity_recon_vs_lambda(rows: pd.DataFrame, title: str) -> Figure:
     """Top row: the stem's code density against lambda; bottom row: its reconstruction error. Lines per severity."""
     density = grid_points(rows, "mean_code_density")

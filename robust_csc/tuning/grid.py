@@ -65,22 +65,31 @@ def check_grid(values: Iterable[object], layers: str = "stem") -> tuple[float, .
 
 def parse_grid(text: str, layers: str = "stem") -> tuple[float, ...]:
     """A grid from the command line: "start:stop:count" (inclusive, as numpy.linspace) or "a,b,c"."""
+    return check_grid(parse_number_list(text, "lambda grid", _GRID_HINT), layers)
+
+
+def parse_number_list(text: str, what: str, hint: str) -> list[float]:
+    """Numbers from the command line: "start:stop:count" (inclusive, as numpy.linspace) or "a,b,c".
+
+    what names the list in errors ("lambda grid"); hint says how to write one.
+    Only the syntax is checked here: the caller checks the values.
+    """
     raw = str(text).strip()
     if not raw:
-        raise RobustCSCError(f"the lambda grid is empty; {_GRID_HINT}")
+        raise RobustCSCError(f"the {what} is empty; {hint}")
     if ":" in raw:
         parts = raw.split(":")
         if len(parts) != 3:
-            raise RobustCSCError(f"grid {text!r} is malformed; {_GRID_HINT}")
+            raise RobustCSCError(f"{what} {text!r} is malformed; {hint}")
         try:
             start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
         except ValueError:
-            raise RobustCSCError(f"grid {text!r} is malformed; {_GRID_HINT}") from None
+            raise RobustCSCError(f"{what} {text!r} is malformed; {hint}") from None
         if count < 1:
-            raise RobustCSCError(f"grid {text!r} has {count} values; the count after the second ':' must be at least 1")
+            raise RobustCSCError(f"{what} {text!r} has {count} values; the count after the second ':' must be at least 1")
         if not (math.isfinite(start) and math.isfinite(stop)) or start > stop:
-            raise RobustCSCError(f"grid {text!r} runs backwards or is not finite; write start <= stop, e.g. 0.1:1.4:14")
-        return check_grid(np.linspace(start, stop, count).round(10).tolist(), layers)
+            raise RobustCSCError(f"{what} {text!r} runs backwards or is not finite; write start <= stop, e.g. 0.1:1.4:14")
+        return np.linspace(start, stop, count).round(10).tolist()
     values = []
     for item in raw.split(","):
         item = item.strip()
@@ -89,8 +98,8 @@ def parse_grid(text: str, layers: str = "stem") -> tuple[float, ...]:
         try:
             values.append(float(item))
         except ValueError:
-            raise RobustCSCError(f"grid value {item!r} is not a number; {_GRID_HINT}") from None
-    return check_grid(values, layers)
+            raise RobustCSCError(f"{what} value {item!r} is not a number; {hint}") from None
+    return values
 
 
 def default_grid(layers: str = "stem") -> tuple[float, ...]:

@@ -1,0 +1,110 @@
+"""`robust-csc noise-curve`: accuracy against a continuous noise level, one curve per lambda setting."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from robust_csc.cli import _not_negative, _positive, _say, _workers, app, parse_lambda_settings
+from robust_csc.errors import RobustCSCError
+
+LEVELS_HINT = "write start:stop:count (e.g. 0:0.3:7) or a comma list (e.g. 0,0.05,0.1)"
+
+
+def _outputs(out: Path) -> list[Path]:
+    """The files an --out FILE.csv run writes (save_curve): the table and its figure beside it."""
+    return [out, out.with_suffix(".png"), out.with_suffix(".pdf")]
+
+
+@app.command("noise-curve")
+def noise_curve_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc .safetensors checkpoint."),
+    kind: str = typer.Option(..., "--kind", help="gaussian, shot, impulse or speckle."),
+    levels: str = typer.Option(
+        ..., "--levels", help="Noise levels (gaussian/speckle sigma, shot photons, impulse amount): " + LEVELS_HINT + "."
+    ),
+    lambdas: Optional[List[str]] = typer.Option(
+        None, "--lambda",
+        help="'trained', a number (every CSC layer), stem=0.5 or scale=1.5; repeat or comma-separate [default: trained].",
+    ),
+    lambda_policy: Optional[Path] = typer.Option(
+        None, "--lambda-policy", help="A recon-rule lambda policy from tune-lambda (a curve beside --lambda)."
+    ),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="The clean test set [default: the checkpoint's]."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
+    n_examples: Optional[int] = typer.Option(None, "--n-examples", help="The first N test images [default: all]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise (each image's noise also depends on its index)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Write the curve to this CSV file and its figure beside it (.png, .pdf)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace existing --out files."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... [default: where the model loads]."),
+    eager: bool = typer.Option(False, "--eager", help="Add the noise with eager torch ops instead of torch.compile."),
+    download: bool = typer.Option(False, "--download", help="Download the clean test set if missing."),
+    verify_checksums: bool = typer.Option(
+        True, "--verify-checksums/--no-verify-checksums",
+        help="Check the clean CIFAR files against torchvision's MD5s; --no-verify-checksums accepts a copy you trust.",
+    ),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Accuracy at each noise level (any continuous value) under each lambda setting, on the clean test set."""
+    from robust_csc.evaluation.noise_curve import best_per_level, check_levels, curve_table, noise_curve, noise_kind, save_curve
+    from robust_csc.lambdas import needs_csc
+    from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint, read_metadata
+    from robust_csc.tuning.grid import parse_number_list
+
+    # Every mistake is refused before any model runs and before a file is written.
+    kind = noise_kind(kind)
+    values = check_levels(kind, parse_number_list(levels, "noise levels", LEVELS_HINT))
+    settings = parse_lambda_settings(lambdas)
+    if lambda_policy is not None:
+        from robust_csc.tuning import load_policy
+
+        settings = tuple(dict.fromkeys(settings + (load_policy(lambda_policy, checkpoint_hash(checkpoint)),)))
+    _positive(n_examples, "--n-examples")
+    _positive(batch_size, "--batch-size")
+    _not_negative(seed, "--seed")
+    _workers(workers)
+    if out is not None:
+        if out.suffix.lower() != ".csv":
+            raise RobustCSCError(f"--out {out} is not a .csv file; name the table FILE.csv (its figure goes beside it)")
+        existing = [path for path in _outputs(out) if path.exists()]
+        if existing and not force:
+            raise RobustCSCError(f"{existing[0]} already exists; pass --force to replace it or choose another --out")
+    meta = read_metadata(checkpoint)
+    if not meta.get("lambda") and any(needs_csc(setting) for setting in settings):
+        raise RobustCSCError(
+            f"{checkpoint} holds a {meta.get('arch')} model without CSC layers, so --lambda cannot be set; "
+            "leave --lambda out or pass an SDNet checkpoint"
+        )
+    base = dataset or meta.get("dataset")
+    if not base:
+        raise RobustCSCError(f"{checkpoint} records no data set; pass --dataset (digits, cifar10, cifar100, imagenet)")
+
+    from robust_csc.data import dataset_info, load_dataset
+    from robust_csc.data.generated import generated_clean
+
+    if download:
+        load_dataset(base, "test", root=data_root, download=True)
+    clean = generated_clean(base, "test", data_root, n_examples, verify_checksums=verify_checksums)
+    model, meta = load_checkpoint(checkpoint, expect_num_classes=dataset_info(base).num_classes)
+    frame = noise_curve(
+        model, clean, kind, values, settings, seed=seed, batch_size=batch_size, num_workers=workers,
+        device=device, compiled=not eager, model_name=meta["arch"],
+        progress=sys.stderr.isatty() if progress is None else progress,
+    )
+    _say(f"{meta['arch']} ({checkpoint}) on {base} test, {len(clean)} images, {kind} noise, seed {seed}: accuracy")
+    table = curve_table(frame)
+    _say(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    if len(table.columns) > 1:
+        best = best_per_level(frame)["best_lambda_setting"]
+        _say("best lambda setting per level: " + ", ".join(f"{level:g} {best[level]}" for level in table.index))
+    if out is not None:
+        save_curve(frame, out, f"{meta['arch']} on {base}: accuracy against {kind} noise level")
+        _say(f"wrote {out} and {out.with_suffix('.png')}")
+

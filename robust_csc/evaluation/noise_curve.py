@@ -1,0 +1,183 @@
+"""Accuracy against a continuous noise level, per lambda setting: the paper's lambda-versus-noise curves.
+
+The corruption suites have five fixed severities; these curves sweep the level
+itself (gaussian sigma = 0, 0.05, 0.13, ...).  Each clean batch is read once
+and moved to the model's device; every level's noise is added there by
+add_noise (seeded per image index, so a curve does not depend on the batch
+size or the order), and every lambda setting runs on that same noisy batch.
+Noise therefore costs one kernel per (batch, level), not one per lambda.
+"""
+
+from __future__ import annotations
+
+import io
+import numbers
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from robust_csc.corruptions.noise import NOISE_KINDS, add_noise, check_noise_level
+from robust_csc.errors import RobustCSCError
+from robust_csc.lambdas import as_setting, check_model_takes
+from robust_csc.runtime import model_device
+
+COLUMNS = ("kind", "level", "lambda_setting", "n", "correct", "accuracy")
+
+
+def noise_kind(kind: object) -> str:
+    """'gaussian' or 'gaussian_noise' -> 'gaussian' (the four add_noise kinds)."""
+    name = str(kind).strip().lower()
+    name = name[: -len("_noise")] if name.endswith("_noise") else name
+    if name not in NOISE_KINDS:
+        raise RobustCSCError(f"unknown noise kind {kind!r}; use one of {', '.join(NOISE_KINDS)}")
+    return name
+
+
+def check_levels(kind: str, levels: Iterable[object]) -> list[float]:
+    """The levels as floats, each valid for kind, none twice, at least one."""
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
+        raise RobustCSCError(f"levels must be a list of numbers, got {levels!r}; pass e.g. [0, 0.05, 0.1]")
+    values = [check_noise_level(kind, level) for level in levels]
+    if not values:
+        raise RobustCSCError("no noise levels given; pass at least one, e.g. [0, 0.05, 0.1]")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise RobustCSCError(f"noise level {repeated[0]:g} is listed twice; list each level once")
+    return values
+
+
+def _settings(model: nn.Module, lambdas: Iterable[Any], model_name: str) -> list:
+    settings = [as_setting(value) for value in lambdas]
+    if not settings:
+        raise RobustCSCError("no lambda settings given; pass at least one, e.g. [None] for the trained lambdas")
+    names = [setting.name for setting in settings]
+    for setting in settings:
+        if getattr(setting, "rule", None) == "grid":
+            # A per-cell policy holds one lambda per severity, and these levels are not severities.
+            raise RobustCSCError(
+                f"lambda policy {setting.name} chooses per (corruption, severity) cell, not per noise level; "
+                "use a recon-rule policy (tune-lambda --rule recon) or fixed lambdas"
+            )
+        check_model_takes(model, setting, model_name)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RobustCSCError(f"lambda setting {repeated[0]} is listed twice; list each setting once")
+    return settings
+
+
+def _check_int(value: object, what: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise RobustCSCError(f"{what} {value!r} is invalid; pass an integer >= {least}")
+    return int(value)
+
+
+def noise_curve(
+    model: nn.Module,
+    clean: Dataset,
+    kind: str,
+    levels: Sequence[float],
+    lambdas: Iterable[Any] = (None,),
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    compiled: bool = True,
+    model_name: str = "model",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Accuracy of model on clean's images with kind noise at each level, under each lambda setting.
+
+    clean: items (image float CHW in [0, 1], label[, index]); without an index,
+    an image's position in clean seeds its noise.  kind: gaussian, shot,
+    impulse or speckle (add_noise's levels: sigma, photons, amount, sigma);
+    lambdas: what evaluate() takes (None = trained, a number, "stem=0.5",
+    "scale=1.5", a recon-rule policy); device: None = where the model is;
+    compiled: add_noise's fused kernels (they fall back to eager torch if
+    compiling fails).  Returns one row per (level, setting), levels in the
+    order given: kind, level, lambda_setting, n, correct, accuracy.
+    """
+    kind = noise_kind(kind)
+    values = check_levels(kind, levels)
+    settings = _settings(model, lambdas, model_name)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    num_workers = _check_int(num_workers, "num_workers", 0)
+    if len(clean) == 0:
+        raise RobustCSCError("the clean data set is empty; pass a data set with at least one image")
+    device = model_device(model) if device is None else torch.device(device)
+    corruption = f"{kind}_noise"
+
+    loader = DataLoader(clean, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    correct = torch.zeros(len(values), len(settings), dtype=torch.int64, device=device)
+    n = 0
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        batches = loader
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(loader, desc=f"{model_name} {kind} noise", unit="batch")
+        with torch.inference_mode():
+            for batch in batches:
+                images, labels = batch[0].to(device, non_blocking=True), torch.as_tensor(batch[1]).to(device)
+                # Position in clean when its items carry no index (the loader keeps clean's order).
+                indices = batch[2] if len(batch) > 2 else torch.arange(n, n + len(labels))
+                for i, level in enumerate(values):
+                    noisy = add_noise(images, kind, level, seed, indices, compiled=compiled)
+                    for j, setting in enumerate(settings):
+                        with setting.applied(model, corruption, 0) as run:
+                            correct[i, j] += (run(noisy).argmax(dim=1) == labels).sum()
+                n += int(labels.shape[0])
+    finally:
+        model.train(was_training)
+
+    counts = correct.cpu().tolist()
+    rows = [
+        (kind, level, setting.name, n, counts[i][j], counts[i][j] / n)
+        for i, level in enumerate(values)
+        for j, setting in enumerate(settings)
+    ]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def save_curve(frame: pd.DataFrame, out: str | Path, title: str) -> dict[str, Path]:
+    """out (a .csv) and its figure beside it (.png, .pdf), each file written whole or not at all."""
+    from robust_csc.atomic import atomic_write
+    from robust_csc.reports.plots import PNG_DPI, accuracy_vs_noise_level
+
+    out = Path(out)
+    paths = {"csv": out, "png": out.with_suffix(".png"), "pdf": out.with_suffix(".pdf")}
+    figure = accuracy_vs_noise_level(frame, title)
+    for fmt, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Creator": None, "Producer": None})):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=PNG_DPI, metadata=metadata)
+        atomic_write(paths[fmt], lambda f, data=buffer.getvalue(): f.write(data))
+    atomic_write(out, lambda f: f.write(frame.to_csv(index=False).encode("utf-8")))
+    return paths
+
+
+def curve_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy with one row per level and one column per lambda setting (in the frame's order)."""
+    missing = [c for c in ("level", "lambda_setting", "accuracy") if c not in frame.columns]
+    if missing:
+        raise RobustCSCError(f"the frame lacks column {missing[0]!r}; pass what noise_curve returned")
+    table = frame.pivot(index="level", columns="lambda_setting", values="accuracy")
+    settings = list(dict.fromkeys(frame["lambda_setting"]))
+    levels = list(dict.fromkeys(frame["level"]))
+    return table.loc[levels, settings].rename_axis(columns=None)
+
+
+def best_per_level(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per level: the lambda setting with the highest accuracy (the first listed on a tie) and that accuracy."""
+    table = curve_table(frame)
+    best = table.idxmax(axis=1)
+    return pd.DataFrame({"best_lambda_setting": best, "accuracy": table.max(axis=1)})
+
+
+__all__ = ["COLUMNS", "best_per_level", "check_levels", "curve_table", "noise_curve", "noise_kind", "save_curve"]
