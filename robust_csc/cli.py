@@ -155,6 +155,29 @@ def parse_lambda_settings(values: Optional[List[str]]) -> tuple:
     return tuple(dict.fromkeys(settings))
 
 
+def lambda_settings(lambdas: Optional[List[str]], lambda_policy: Optional[Path], checkpoint: Path) -> tuple:
+    """--lambda's settings and, with --lambda-policy, the policy (refused here if tuned for another checkpoint)."""
+    settings = parse_lambda_settings(lambdas)
+    if lambda_policy is None:
+        return settings
+    from robust_csc.models.checkpoints import checkpoint_hash
+    from robust_csc.tuning import load_policy
+
+    return tuple(dict.fromkeys(settings + (load_policy(lambda_policy, checkpoint_hash(checkpoint)),)))
+
+
+def refuse_lambdas_without_csc(checkpoint: Path, meta: dict, settings: tuple) -> None:
+    """One line when a setting would change lambdas of a checkpoint that has none."""
+    from robust_csc.lambdas import needs_csc
+
+    # The metadata lists every CSC layer's lambda; none means there is nothing to set.
+    if not meta.get("lambda") and any(needs_csc(setting) for setting in settings):
+        raise RobustCSCError(
+            f"{checkpoint} holds a {meta.get('arch')} model without CSC layers, so --lambda cannot be set; "
+            "leave --lambda out or evaluate an SDNet checkpoint"
+        )
+
+
 def _positive(value: Optional[int], option: str) -> Optional[int]:
     if value is not None and value < 1:
         raise RobustCSCError(f"{option} {value} is not positive; pass an integer of at least 1")
@@ -358,17 +381,10 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint on a corruption suite; results go to the store and reruns skip finished cells."""
     from robust_csc.evaluation.store import ResultsStore
-    from robust_csc.lambdas import needs_csc
 
     # Everything a user can get wrong is checked before the store is opened,
     # so a refused call leaves an existing store (or a stray file) untouched.
-    chosen_lambdas = parse_lambda_settings(lambdas)
-    if lambda_policy is not None:
-        from robust_csc.models.checkpoints import checkpoint_hash
-        from robust_csc.tuning import load_policy
-
-        # Another checkpoint's policy is refused here, before the store opens.
-        chosen_lambdas = tuple(dict.fromkeys(chosen_lambdas + (load_policy(lambda_policy, checkpoint_hash(checkpoint)),)))
+    chosen_lambdas = lambda_settings(lambdas, lambda_policy, checkpoint)
     _positive(batch_size, "--batch-size")
     _workers(workers)
     chosen = build_suite(
@@ -377,12 +393,7 @@ def evaluate(
         images_per_severity=images_per_severity, verify_checksums=verify_checksums,
     )
     meta = chosen.meta
-    if not meta.get("lambda") and any(needs_csc(setting) for setting in chosen_lambdas):
-        # The metadata lists every CSC layer's lambda; none means there is nothing to set.
-        raise RobustCSCError(
-            f"{checkpoint} holds a {meta.get('arch')} model without CSC layers, so --lambda cannot be set; "
-            "leave --lambda out or evaluate an SDNet checkpoint"
-        )
+    refuse_lambdas_without_csc(checkpoint, meta, chosen_lambdas)
     built, clean, clean_note, split = chosen.suite, chosen.clean, chosen.clean_note, chosen.split
 
     from robust_csc.evaluation.harness import evaluate_checkpoint

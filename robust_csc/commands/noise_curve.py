@@ -8,15 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from robust_csc.cli import _not_negative, _positive, _say, _workers, app, parse_lambda_settings
+from robust_csc.cli import _not_negative, _positive, _say, _workers, app, lambda_settings, refuse_lambdas_without_csc
 from robust_csc.errors import RobustCSCError
 
 LEVELS_HINT = "write start:stop:count (e.g. 0:0.3:7) or a comma list (e.g. 0,0.05,0.1)"
-
-
-def _outputs(out: Path) -> list[Path]:
-    """The files an --out FILE.csv run writes (save_curve): the table and its figure beside it."""
-    return [out, out.with_suffix(".png"), out.with_suffix(".pdf")]
 
 
 @app.command("noise-curve")
@@ -53,19 +48,16 @@ def noise_curve_command(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Accuracy at each noise level (any continuous value) under each lambda setting, on the clean test set."""
-    from robust_csc.evaluation.noise_curve import best_per_level, check_levels, curve_table, noise_curve, noise_kind, save_curve
-    from robust_csc.lambdas import needs_csc
-    from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint, read_metadata
+    from robust_csc.evaluation.noise_curve import (
+        best_per_level, check_levels, curve_files, curve_table, noise_curve, noise_kind, save_curve,
+    )
+    from robust_csc.models.checkpoints import load_checkpoint, read_metadata
     from robust_csc.tuning.grid import parse_number_list
 
     # Every mistake is refused before any model runs and before a file is written.
     kind = noise_kind(kind)
     values = check_levels(kind, parse_number_list(levels, "noise levels", LEVELS_HINT))
-    settings = parse_lambda_settings(lambdas)
-    if lambda_policy is not None:
-        from robust_csc.tuning import load_policy
-
-        settings = tuple(dict.fromkeys(settings + (load_policy(lambda_policy, checkpoint_hash(checkpoint)),)))
+    settings = lambda_settings(lambdas, lambda_policy, checkpoint)
     _positive(n_examples, "--n-examples")
     _positive(batch_size, "--batch-size")
     _not_negative(seed, "--seed")
@@ -73,15 +65,11 @@ def noise_curve_command(
     if out is not None:
         if out.suffix.lower() != ".csv":
             raise RobustCSCError(f"--out {out} is not a .csv file; name the table FILE.csv (its figure goes beside it)")
-        existing = [path for path in _outputs(out) if path.exists()]
+        existing = [path for path in curve_files(out).values() if path.exists()]
         if existing and not force:
             raise RobustCSCError(f"{existing[0]} already exists; pass --force to replace it or choose another --out")
     meta = read_metadata(checkpoint)
-    if not meta.get("lambda") and any(needs_csc(setting) for setting in settings):
-        raise RobustCSCError(
-            f"{checkpoint} holds a {meta.get('arch')} model without CSC layers, so --lambda cannot be set; "
-            "leave --lambda out or pass an SDNet checkpoint"
-        )
+    refuse_lambdas_without_csc(checkpoint, meta, settings)
     base = dataset or meta.get("dataset")
     if not base:
         raise RobustCSCError(f"{checkpoint} records no data set; pass --dataset (digits, cifar10, cifar100, imagenet)")

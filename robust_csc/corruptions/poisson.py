@@ -165,8 +165,6 @@ def _ptrs_to_end(lam: torch.Tensor, base: torch.Tensor, first_pair: int) -> torc
     raise RuntimeError("PTRS rejected every candidate pair; this is a bug in robust_csc.")
 
 
-
-
 # --------------------------------------------------------------------------- 8-bit inputs: table inversion
 #
 # Images read from 8-bit files hold rates lam = c * q / 255 for q in 0..255, so

@@ -10,8 +10,6 @@ Noise therefore costs one kernel per (batch, level), not one per lambda.
 
 from __future__ import annotations
 
-import io
-import numbers
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -22,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from robust_csc.corruptions.noise import NOISE_KINDS, add_noise, check_noise_level
 from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation.harness import _check_int
 from robust_csc.lambdas import as_setting, check_model_takes
 from robust_csc.runtime import model_device
 
@@ -67,12 +66,6 @@ def _settings(model: nn.Module, lambdas: Iterable[Any], model_name: str) -> list
     if repeated:
         raise RobustCSCError(f"lambda setting {repeated[0]} is listed twice; list each setting once")
     return settings
-
-
-def _check_int(value: object, what: str, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise RobustCSCError(f"{what} {value!r} is invalid; pass an integer >= {least}")
-    return int(value)
 
 
 def noise_curve(
@@ -146,19 +139,20 @@ def noise_curve(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def save_curve(frame: pd.DataFrame, out: str | Path, title: str) -> dict[str, Path]:
-    """out (a .csv) and its figure beside it (.png, .pdf), each file written whole or not at all."""
-    from robust_csc.atomic import atomic_write
-    from robust_csc.reports.plots import PNG_DPI, accuracy_vs_noise_level
-
+def curve_files(out: str | Path) -> dict[str, Path]:
+    """What save_curve writes for out (a .csv): the table, and its figure beside it as .png and .pdf."""
     out = Path(out)
-    paths = {"csv": out, "png": out.with_suffix(".png"), "pdf": out.with_suffix(".pdf")}
-    figure = accuracy_vs_noise_level(frame, title)
-    for fmt, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Creator": None, "Producer": None})):
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=fmt, dpi=PNG_DPI, metadata=metadata)
-        atomic_write(paths[fmt], lambda f, data=buffer.getvalue(): f.write(data))
-    atomic_write(out, lambda f: f.write(frame.to_csv(index=False).encode("utf-8")))
+    return {"csv": out, "png": out.with_suffix(".png"), "pdf": out.with_suffix(".pdf")}
+
+
+def save_curve(frame: pd.DataFrame, out: str | Path, title: str) -> dict[str, Path]:
+    """curve_files(out), each file written whole or not at all."""
+    from robust_csc.atomic import atomic_write
+    from robust_csc.reports.plots import accuracy_vs_noise_level, save_figure
+
+    paths = curve_files(out)
+    save_figure(accuracy_vs_noise_level(frame, title), paths["csv"].parent, paths["csv"].stem)
+    atomic_write(paths["csv"], lambda f: f.write(frame.to_csv(index=False).encode("utf-8")))
     return paths
 
 
@@ -180,4 +174,4 @@ def best_per_level(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"best_lambda_setting": best, "accuracy": table.max(axis=1)})
 
 
-__all__ = ["COLUMNS", "best_per_level", "check_levels", "curve_table", "noise_curve", "noise_kind", "save_curve"]
+__all__ = ["COLUMNS", "best_per_level", "check_levels", "curve_files", "curve_table", "noise_curve", "noise_kind", "save_curve"]

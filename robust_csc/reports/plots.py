@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from robust_csc.atomic import atomic_write
 from robust_csc.evaluation.metrics import SEVERITIES
 from robust_csc.reports.cells import (
     CLEAN,
@@ -48,13 +49,14 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(figure: Figure, folder: Path, name: str) -> dict[str, Path]:
-    """folder/name.png and folder/name.pdf; {format: path}."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """folder/name.png and folder/name.pdf, each written whole or not at all; {format: path}."""
     out = {"png": folder / f"{name}.png", "pdf": folder / f"{name}.pdf"}
-    figure.savefig(out["png"], dpi=PNG_DPI, metadata={"Software": None})
+    atomic_write(out["png"], lambda f: figure.savefig(f, format="png", dpi=PNG_DPI, metadata={"Software": None}))
     # The layout is solved once, for the PNG; the PDF reuses it (constrained layout costs as much as a draw).
     figure.set_layout_engine("none")
-    figure.savefig(out["pdf"], metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    atomic_write(
+        out["pdf"], lambda f: figure.savefig(f, format="pdf", metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    )
     return out
 
 
