@@ -2,6 +2,6 @@
 
 from robust_csc.errors import RobustCSCError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["RobustCSCError", "__version__"]

@@ -194,35 +194,48 @@ def _workers(value: int) -> int:
     return _not_negative(value, "--workers", "pass 0 (no worker processes) or more")
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+def policy_suite_options(policy: Any, policy_path: Path, given: dict) -> dict:
+    """The suite options of a run that scores a tuned policy: taken from the policy, or refused where they differ.
+
+    given: the command line's suite, dataset, profile, seed and n_examples (None = not given).
+    """
+    recorded = policy.suite_options
+    if not recorded:
+        raise RobustCSCError(
+            f"lambda policy {policy_path} records no suite options (it was written from Python without suite_options); "
+            "re-run robust-csc tune-lambda to write a policy the CLI can evaluate"
+        )
+    out = {}
+    for name, value in given.items():
+        wanted = recorded.get(name)
+        if value is None or (name == "suite" and value.lower() == str(wanted).lower()):
+            out[name] = wanted
+            continue
+        if value != wanted:
+            option = "--" + name.replace("_", "-")
+            raise RobustCSCError(
+                f"{option} {value} disagrees with lambda policy {policy_path}, tuned with {option} {wanted}; leave {option} "
+                "out (a policy is scored on its own suite, reporting split only)"
+            )
+        out[name] = value
+    return out
 
 
-def report_lines(tables: dict, summaries: dict, title: str = "") -> list[str]:
-    """The accuracy table and summary figures of each lambda setting, as printable lines."""
-    lines: list[str] = []
-    for setting, table in tables.items():
-        heading = f"lambda {setting}" + (f" ({title})" if title else "")
-        lines.append(f"{heading}: accuracy by corruption (rows) and severity (columns)")
-        lines.extend(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-").splitlines())
-        figures = summaries.get(setting, {})
-        lines.append(f"clean accuracy {_fmt(figures.get('clean_accuracy'))}")
-        # The mean over whatever cells ran: the one figure a partial suite always has.
-        values = [v for column in table.columns if column != "mean" for v in table[column] if not math.isnan(v)]
-        if values:
-            lines.append(f"mean accuracy, {len(values)} cells run {_fmt(math.fsum(values) / len(values))}")
-        missing = figures.get("missing_75", 0)
-        # The headline means only exist for complete suites; say how far off a partial one is.
-        mean75 = _fmt(figures.get("mean_accuracy_75"))
-        lines.append(f"mean accuracy, 75 common cells {mean75}" + (f" ({missing} of 75 cells not run)" if missing else ""))
-        missing5 = figures.get("missing_severity5", 0)
-        mean5 = _fmt(figures.get("severity5_accuracy"))
-        lines.append(f"mean accuracy, severity 5 {mean5}" + (f" ({missing5} of 15 cells not run)" if missing5 else ""))
-        per = figures.get("per_corruption", {})
-        if per:
-            lines.append("mean accuracy per corruption " + ", ".join(f"{c} {_fmt(v)}" for c, v in per.items()))
-        lines.append("")
-    return lines
+def check_policy_cells(policies: tuple, corruptions: tuple, severities: tuple, clean: bool) -> None:
+    """Refuse, before anything runs, a per-cell policy asked for a cell it has no lambda for."""
+    for policy in policies:
+        cells = getattr(policy, "cells", None)
+        if cells is None:
+            continue
+        wanted = [(c, s) for c in corruptions for s in severities] + ([("none", 0)] if clean else [])
+        missing = [cell for cell in wanted if cell not in cells]
+        if missing:
+            corruption, severity = missing[0]
+            what = "the clean cell" if corruption == "none" else f"{corruption} severity {severity}"
+            raise RobustCSCError(
+                f"lambda policy {policy.name} has no lambda for {what} ({len(missing)} cells in all); pass --corruptions "
+                "and --severities it was tuned on, or use a recon-rule policy (tune-lambda --rule recon)"
+            )
 
 
 @dataclass
@@ -342,7 +355,9 @@ def build_suite(
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc .safetensors checkpoint."),
-    suite: str = typer.Option(..., "--suite", help="cifar10-c, cifar100-c, imagenet-c or generated."),
+    suite: Optional[str] = typer.Option(
+        None, "--suite", help="cifar10-c, cifar100-c, imagenet-c or generated (required unless --lambda-policy gives it)."
+    ),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Base data set of a generated suite [default: the checkpoint's data set]."
     ),
@@ -365,7 +380,7 @@ def evaluate(
     store: Path = typer.Option(Path("results.sqlite"), "--store", help="SQLite results store (created if missing)."),
     batch_size: int = typer.Option(256, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed of a generated suite's corruptions."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of a generated suite's corruptions [default: 0, or the policy's]."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... [default: cuda if available]."),
     download: bool = typer.Option(False, "--download", help="Download CIFAR-10-C / CIFAR-100-C or the base data set if missing."),
     images_per_severity: Optional[int] = typer.Option(
@@ -378,15 +393,34 @@ def evaluate(
     progress: Optional[bool] = typer.Option(
         None, "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal]."
     ),
+    recompute: bool = typer.Option(
+        False, "--recompute", help="Run every cell again and replace the stored ones (after an upgrade or a fix)."
+    ),
 ) -> None:
-    """Evaluate a checkpoint on a corruption suite; results go to the store and reruns skip finished cells."""
+    """Evaluate a checkpoint on a corruption suite; results go to the store and reruns skip finished cells.
+
+    With --lambda-policy the suite, profile, seed and images come from the policy, and every setting is scored
+    on its reporting split only (never on an image the policy was tuned on).
+    """
     from robust_csc.evaluation.store import ResultsStore
 
     # Everything a user can get wrong is checked before the store is opened,
     # so a refused call leaves an existing store (or a stray file) untouched.
     chosen_lambdas = lambda_settings(lambdas, lambda_policy, checkpoint)
+    policies = tuple(s for s in chosen_lambdas if hasattr(s, "scoring_plan"))
     _positive(batch_size, "--batch-size")
     _workers(workers)
+    if policies:
+        options = policy_suite_options(policies[0], lambda_policy, {
+            "suite": suite, "dataset": dataset, "profile": profile, "seed": seed, "n_examples": n_examples,
+        })
+        suite, dataset, profile, n_examples = options["suite"], options["dataset"], options["profile"], options["n_examples"]
+        seed = options["seed"]
+        corruptions = corruptions or [",".join(policies[0].meta["suite"]["corruptions"])]
+        severities = severities or [",".join(str(v) for v in policies[0].meta["suite"]["severities"])]
+    seed = 0 if seed is None else seed
+    if suite is None:
+        raise RobustCSCError("no suite given; pass --suite cifar10-c, cifar100-c, imagenet-c or generated")
     chosen = build_suite(
         checkpoint, suite, dataset=dataset, profile=profile, data_root=data_root, corruptions=corruptions,
         severities=severities, n_examples=n_examples, seed=seed, download=download,
@@ -395,7 +429,11 @@ def evaluate(
     meta = chosen.meta
     refuse_lambdas_without_csc(checkpoint, meta, chosen_lambdas)
     built, clean, clean_note, split = chosen.suite, chosen.clean, chosen.clean_note, chosen.split
+    check_policy_cells(policies, built.corruptions, built.severities, clean is not None)
+    if policies:
+        policies[0].scoring_plan(built.name, built.images_per_cell, split)  # refused here, before the store opens
 
+    from robust_csc.evaluation.console import result_lines
     from robust_csc.evaluation.harness import evaluate_checkpoint
 
     with ResultsStore(store) as results:
@@ -411,11 +449,17 @@ def evaluate(
             num_workers=workers,
             device=device,
             progress=sys.stderr.isatty() if progress is None else progress,
+            recompute=recompute,
         )
-    _say(f"{built!r}, checkpoint {checkpoint} ({meta.get('arch')})")
+    _say(f"{meta.get('arch')} ({checkpoint}) on {built.name}: {len(built.corruptions)} corruptions x "
+         f"{len(built.severities)} severities, split {result.split}")
+    if policies:
+        halving = policies[0].reporting_split()
+        _say(f"scored on the reporting split of lambda policy {policies[0].name}: {len(halving.report)} of "
+             f"{len(halving.report) + len(halving.tune)} images per cell (the other {len(halving.tune)} chose it)")
     if clean_note:
         _say(clean_note)
-    for line in report_lines(result.tables, result.summaries):
+    for line in result_lines(result):
         _say(line)
     _say(f"store: {store}, cells run {result.cells_run}, skipped {result.cells_skipped}")
 

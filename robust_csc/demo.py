@@ -140,7 +140,7 @@ def run_demo(
 
 
 def _print_suite(results: dict, echo: Callable[[str], None]) -> None:
-    from robust_csc.cli import report_lines
+    from robust_csc.evaluation.console import result_lines
 
     suite = results["suite"]
     echo(
@@ -148,7 +148,7 @@ def _print_suite(results: dict, echo: Callable[[str], None]) -> None:
         f"{len(suite['corruptions'])} corruptions x 5 severities ({results['seconds_by_step']['suite']:.0f}s)"
     )
     for arch, evaluation in suite["models"].items():
-        for line in report_lines(evaluation["tables"], evaluation["summaries"], title=arch):
+        for line in result_lines(evaluation, title=arch):
             echo(line)
     echo(f"cells run {suite['cells_run']}, skipped {suite['cells_skipped']}")
 
@@ -175,7 +175,7 @@ def _evaluate_suite(results: dict, out_dir: Path, quick: bool, progress: bool) -
                 progress=progress,
             )
             run, skipped = run + result.cells_run, skipped + result.cells_skipped
-            out["models"][arch] = dict(tables=result.tables, summaries=result.summaries)
+            out["models"][arch] = result
     out.update(cells_run=run, cells_skipped=skipped)
     return out
 
@@ -214,9 +214,12 @@ def _tune(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
     n = QUICK_SUITE_IMAGES if quick else SUITE_IMAGES
     suite = generated_suite("digits", profile=TUNE_PROFILE, corruptions=corruptions, n_examples=n)
     clean = generated_clean("digits", "test", None, n)
+    # The CLI's names and options, so that `robust-csc evaluate --lambda-policy` rebuilds this suite.
     result = tune_checkpoint(
         results["models"]["sdnet18"]["checkpoint"], suite, store=out_dir / STORE_NAME, clean=clean,
         layers="stem", rule="recon", out=out_dir / POLICY_NAME, force=True, progress=progress,
+        split_base=f"test[:{n}]",
+        suite_options={"suite": "generated", "dataset": "digits", "profile": TUNE_PROFILE, "seed": 0, "n_examples": n},
     )
     return {"result": result, "policy": str(out_dir / POLICY_NAME)}
 
@@ -241,20 +244,22 @@ def _curve(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
     policy = load_policy(results["tune"]["policy"], checkpoint_hash(checkpoint))
     n = QUICK_SUITE_IMAGES if quick else SUITE_IMAGES
     levels = QUICK_CURVE_LEVELS if quick else CURVE_LEVELS
-    frame = noise_curve(model, generated_clean("digits", "test", None, n), "gaussian", levels, (*CURVE_LAMBDAS, policy),
-                        model_name="sdnet18", progress=progress)
+    # The policy was tuned on half of these digits: the curve is drawn on the other half.
+    clean = policy.reporting_images(generated_clean("digits", "test", None, n))
+    frame = noise_curve(model, clean, "gaussian", levels, (*CURVE_LAMBDAS, policy), model_name="sdnet18",
+                        progress=progress)
     frame["lambda_setting"] = frame["lambda_setting"].replace(policy.name, "recon rule")
     paths = save_curve(frame, out_dir / CURVE_NAME, "sdnet18 on digits: accuracy against gaussian sigma")
-    return {"frame": frame, "images": n, "csv": str(paths["csv"])}
+    return {"frame": frame, "images": len(clean), "csv": str(paths["csv"])}
 
 
 def _print_curve(results: dict, echo: Callable[[str], None]) -> None:
-    from robust_csc.evaluation.noise_curve import curve_table
+    from robust_csc.evaluation.noise_curve import curve_text
 
     curve = results["curve"]
-    echo(f"sdnet18 against gaussian sigma on the first {curve['images']} test digits "
-         f"(lambda per column; {results['seconds_by_step']['curve']:.0f}s)")
-    for line in curve_table(curve["frame"]).to_string(float_format=lambda v: f"{v:.4f}").splitlines():
+    echo(f"sdnet18 against gaussian sigma on the {curve['images']} reporting-split digits (accuracy in % ± half the "
+         f"95% Wilson interval, lambda per column; {results['seconds_by_step']['curve']:.0f}s)")
+    for line in curve_text(curve["frame"]).to_string().splitlines():
         echo(f"  {line}")
 
 

@@ -35,14 +35,16 @@ def test_attack_end_to_end_prints_the_table_and_checks_and_resumes(checkpoints, 
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for fragment in ("pgd-5:Linf", "fgsm:Linf", "worst-case:Linf", "2/255", "16/255", "lambda stem=0.3",
-                     "monotone_in_epsilon", "gradients", "large_epsilon", "more_steps", "cells run 6, skipped 0"):
+                     "monotone_in_epsilon", "gradients", "large_epsilon", "cross_check", "cells run 6, skipped 0",
+                     "evaluation: upper bound: fgsm, pgd-5 only, not comparable with AutoAttack figures"):
         assert fragment in out, (fragment, out)
     with ResultsStore(store) as results:
         frame = results.to_frame()
-    assert len(frame) == 6 and set(frame["split"]) == {"test[:12]"} and set(frame["lambda_setting"]) == {"stem=0.3"}
+    # 2 attacks and the cross-check's PGD at 2 epsilons, and the 2 worst-case cells
+    assert len(frame) == 8 and set(frame["split"]) == {"test[:12]"} and set(frame["lambda_setting"]) == {"stem=0.3"}
     assert set(frame["checkpoint_sha256"]) == {checkpoint_hash(checkpoints["sdnet"])}
     again = cli(*args)
-    assert again.returncode == 0 and "cells run 0, skipped 6" in again.stdout
+    assert again.returncode == 0 and "cells run 0, skipped 6" in again.stdout  # the check's cells are reused too
 
 
 @pytest.mark.parametrize(
@@ -88,8 +90,9 @@ def test_a_lambda_policy_is_attacked_under_its_name(checkpoints, tmp_path):
     from robust_csc.tuning.policy import CellPolicy
 
     sha = checkpoint_hash(checkpoints["sdnet"])
-    meta = {"layers": "stem", "grid": [0.1, 0.4], "seed": 0, "splits": {}, "arch": "sdnet18", "checkpoint_sha256": sha,
-            "dataset": "digits", "reference_lambda": 0.1}
+    from policy_support import policy_meta
+
+    meta = policy_meta(n=32, checkpoint_sha256=sha, grid=[0.1, 0.4])
     policy = CellPolicy({("none", 0): 0.4}, meta)
     policy.save(tmp_path / "policy.json")
     store = tmp_path / "r.sqlite"
@@ -98,7 +101,9 @@ def test_a_lambda_policy_is_attacked_under_its_name(checkpoints, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"lambda {policy.name}" in proc.stdout
     with ResultsStore(store) as results:
-        assert set(results.to_frame()["lambda_setting"]) == {policy.name}
+        frame = results.to_frame()
+    assert set(frame["lambda_setting"]) == {policy.name}
+    assert set(frame["split"]) == {"test[:32]:report:s0[:8]"}  # the policy's reporting split, never its tuning images
     # A policy tuned for another checkpoint is refused in one line.
     other = CellPolicy({("none", 0): 0.4}, {**meta, "checkpoint_sha256": "0" * 64})
     other.save(tmp_path / "other.json")

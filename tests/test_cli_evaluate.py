@@ -1,5 +1,6 @@
 """The evaluate and corrupt verbs: tables, the results store, the CIFAR-10-C layout, one-line errors."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,18 @@ def test_generated_suite_prints_the_table_and_a_rerun_skips_every_cell(capsys, c
     code, out, err = run_main(capsys, "evaluate", "--checkpoint", checkpoint, *GENERATED, "--store", store)
     assert code == 0, err
     lines = out.splitlines()
-    assert "lambda trained: accuracy by corruption (rows) and severity (columns)" in lines
+    assert "lambda trained: accuracy in % by corruption and severity; n = 20 images per cell; ± half the 95% Wilson interval" in lines
     rows = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1] in (["gaussian_noise"], ["contrast"])}
     assert set(rows) == {"gaussian_noise", "contrast"}
-    # selected severities 1 and 5 carry accuracies with 4 decimals; the others are blank
-    assert all(len(v[0]) == 6 and 0 <= float(v[0]) <= 1 and 0 <= float(v[4]) <= 1 and v[1] == "-" for v in rows.values())
-    assert any(line.startswith("clean accuracy 0.") or line == "clean accuracy 1.0000" for line in lines)
-    assert "mean accuracy, 75 common cells n/a (71 of 75 cells not run)" in lines
-    assert any(line.startswith("mean accuracy, 4 cells run ") for line in lines)
+    # selected severities 1 and 5 carry a percentage and half its interval; the others are blank
+    for values in rows.values():
+        assert values[1] == "-" and values[2] == "-" and values[3] == "-"
+        for text in (values[0], values[4]):
+            accuracy, half = map(float, text.split("±"))
+            assert 0 <= accuracy <= 100 and 0 < half < 50
+    assert any(re.fullmatch(r"clean accuracy \d+\.\d% \[\d+\.\d, \d+\.\d\] \(n=20\)", line) for line in lines)
+    assert not any("75 common" in line for line in lines)  # a partial suite has no 75-cell mean, and no line for it
+    assert any(line.startswith("mean over the cells run (4 cells): ") for line in lines)
     # clean + 2 corruptions x 2 severities
     assert lines[-1] == f"store: {store}, cells run 5, skipped 0"
     with ResultsStore(store) as results:
@@ -70,7 +75,7 @@ def test_lambdas_repeat_or_comma_list(capsys, checkpoint, tmp_path, one_thread):
                               "--lambda", "trained,0.5", "--lambda", "2")
     assert code == 0, err
     for setting in ("trained", "0.5", "2"):
-        assert f"lambda {setting}: accuracy by corruption (rows) and severity (columns)" in out
+        assert f"lambda {setting}: accuracy in % by corruption and severity; n = 8 images per cell" in out
     assert out.splitlines()[-1] == f"store: {store}, cells run 6, skipped 0"
 
 

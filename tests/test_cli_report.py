@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cli_support import assert_proc_error, assert_user_error, cli, run_main
-from robust_csc.evaluation.store import ResultsStore
+from robust_csc.evaluation.store import SCHEMA_VERSION, ResultsStore
 from robust_csc.models import create_model
 from robust_csc.models.checkpoints import checkpoint_hash, save_checkpoint
 from test_reports_store import RESNET_SHA, add_attack_cells, add_corruption_cells
@@ -37,8 +37,9 @@ def test_report_end_to_end(capsys, tmp_path, small):
     assert code == 0, stderr
     lines = stdout.strip().splitlines()
     assert lines[-1] == str(out / "index.html")  # the HTML path comes last
-    # runs, summary, robustness, 2 corruption tables, wide CSV; severity, 2 heatmaps, epsilon, atoms, examples
-    assert "wrote 6 tables" in lines[0] and "6 plots" in lines[0]
+    # runs, summary, comparisons, robustness, 2 corruption tables, wide CSV; severity, 2 heatmaps, epsilon, atoms,
+    # examples
+    assert "wrote 7 tables" in lines[0] and "6 plots" in lines[0]
     html = (out / "index.html").read_text()
     assert "<title>Digits</title>" in html and "Stem dictionary of sdnet18" in html
     summary = pd.read_csv(out / "tables" / "summary.csv")
@@ -63,7 +64,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, small):
         add_corruption_cells(s, "resnet18", RESNET_SHA, corruptions=("fog",), severities=(1,))
     conn = sqlite3.connect(newer)
     with conn:
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     conn.close()
     (tmp_path / "a_file").write_text("not a folder")
     other = save_checkpoint(tmp_path / "other.safetensors", create_model("resnet18", num_classes=10, width=4))
@@ -72,7 +73,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, small):
         (["--store", empty, "--out", out], ["holds no result cells", "robust-csc evaluate"]),
         (["--store", store, "--out", out, "--models", "vit_b16"], ["model vit_b16 is not in the store", "resnet18, sdnet18"]),
         (["--store", store, "--out", tmp_path / "a_file"], ["is a file, not a folder", "--out"]),
-        (["--store", newer, "--out", out], ["schema version 2", "upgrade robust-csc"]),
+        (["--store", newer, "--out", out], [f"schema version {SCHEMA_VERSION + 1}", "upgrade robust-csc"]),
         (["--store", store, "--out", out, "--baseline", "alexnet"], ["baseline 'alexnet' is not in the store"]),
         (["--store", store, "--out", out, "--checkpoint", other], ["matches no series", "drop --checkpoint"]),
         (["--store", tmp_path / "missing.sqlite", "--out", out], ["no results store at"]),

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from cli_support import assert_user_error, run_main
+from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation.outcomes import Outcomes
 from robust_csc.evaluation.store import ResultsStore
+from robust_csc.tuning.splits import split_positions
 from robust_csc.models import create_model
 from robust_csc.models.checkpoints import checkpoint_hash, save_checkpoint
 
@@ -32,9 +35,13 @@ def test_tune_then_evaluate_with_the_policy(capsys, checkpoints, tmp_path, one_t
     assert policy["rule"] == "recon" and policy["grid"] == [0.1, 0.5, 1.0]
     assert policy["checkpoint_sha256"] == checkpoint_hash(checkpoints["a"])
     assert policy["splits"] == {"tune": "test[:12]:tune:s0", "report": "test[:12]:report:s0"}
+    assert policy["suite"]["options"] == {"suite": "generated", "dataset": "digits", "profile": "cifar", "seed": 0,
+                                          "n_examples": 12}
+    tuning_images = set(split_positions(12, 0)[0].tolist())
     lines = stdout.splitlines()
     assert any(line.split()[:2] == ["gaussian_noise", "5"] for line in lines)
-    assert any(line.startswith("gain per severity") for line in lines)
+    assert any(line.startswith("mean gain per severity") for line in lines)
+    assert any("significant" in line for line in lines)  # every gain says whether it is evidence of anything
     with ResultsStore(store) as results:
         frame = results.to_frame()
     assert (frame["split"] == "test[:12]:tune:s0").sum() == 3 * 3  # clean + 2 cells, 3 grid values each
@@ -45,13 +52,64 @@ def test_tune_then_evaluate_with_the_policy(capsys, checkpoints, tmp_path, one_t
     assert_user_error(code, stdout, err, "already exists", "--force")
     assert out.read_bytes() == before
 
-    code, stdout, err = run_main(capsys, "evaluate", "--checkpoint", checkpoints["a"], *SUITE, "--store", store,
+    # The suite comes from the policy; every setting is scored on its reporting split only.
+    evaluated = tmp_path / "e.sqlite"
+    code, stdout, err = run_main(capsys, "evaluate", "--checkpoint", checkpoints["a"], "--store", evaluated,
                                  "--lambda", "trained,stem=0.5", "--lambda-policy", out)
     assert code == 0, err
     name = "policy:" + __import__("hashlib").sha256(
         json.dumps(policy, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
     for setting in ("trained", "stem=0.5", name):
-        assert f"lambda {setting}: accuracy by corruption (rows) and severity (columns)" in stdout
+        assert f"lambda {setting}: accuracy in % by corruption and severity; n = 6 images per cell" in stdout
+    assert "scored on the reporting split" in stdout
+    with ResultsStore(evaluated) as results:
+        frame = results.to_frame()
+    assert set(frame["split"]) == {"test[:12]:report:s0"} and len(frame) == 3 * 3
+    scored = set()
+    for text in frame["outcomes"]:
+        scored |= set(Outcomes.from_json(text).index.tolist())
+    assert len(scored) == 6 and not scored & tuning_images  # counted from the store: no tuning image was scored
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--profile", "imagenet"], ["--profile imagenet disagrees", "--profile cifar"]),
+    (["--suite", "cifar10-c"], ["--suite cifar10-c disagrees"]),
+    (["--seed", "3"], ["--seed 3 disagrees"]),
+    (["--n-examples", "20"], ["--n-examples 20 disagrees"]),
+    (["--dataset", "cifar10"], ["--dataset cifar10 disagrees"]),
+])
+def test_a_policy_evaluated_off_its_suite_is_refused(capsys, checkpoints, tmp_path, one_thread, args, fragments):
+    policy = tmp_path / "p.json"
+    code, out, err = run_main(capsys, "tune-lambda", "--checkpoint", checkpoints["a"], *SUITE, "--grid", "0.1,1",
+                              "--store", tmp_path / "t.sqlite", "--out", policy)
+    assert code == 0, err
+    code, out, err = run_main(capsys, "evaluate", "--checkpoint", checkpoints["a"], "--lambda-policy", policy,
+                              "--store", tmp_path / "e.sqlite", *args)
+    assert_user_error(code, out, err, *fragments)
+    assert not (tmp_path / "e.sqlite").exists()
+
+
+def test_a_policy_given_the_whole_split_from_python_is_scored_on_its_reporting_half(checkpoints, tmp_path, one_thread):
+    from robust_csc.data.generated import generated_clean, generated_suite
+    from robust_csc.evaluation.harness import evaluate_checkpoint
+    from robust_csc.tuning import load_policy, tune_checkpoint
+
+    suite = generated_suite("digits", corruptions=["gaussian_noise"], severities=[1], n_examples=12)
+    clean = generated_clean("digits", "test", None, 12)
+    tune_checkpoint(checkpoints["a"], suite, store=tmp_path / "t.sqlite", clean=clean, grid=[0.1, 1.0],
+                    split_base="test[:12]", out=tmp_path / "p.json")
+    policy = load_policy(tmp_path / "p.json")
+    result = evaluate_checkpoint(checkpoints["a"], suite, store=tmp_path / "e.sqlite", clean=clean, dataset=suite.name,
+                                 split="test[:12]", lambdas=[None, policy])
+    assert result.split == "test[:12]:report:s0"
+    assert set(result.frame["n"]) == {6}
+    other = generated_suite("digits", profile="imagenet", corruptions=["gaussian_noise"], severities=[1], n_examples=12)
+    with pytest.raises(RobustCSCError, match="tuned on the suite digits-c\\[cifar\\]"):
+        evaluate_checkpoint(checkpoints["a"], other, store=tmp_path / "x.sqlite", dataset=other.name, split="test[:12]",
+                            lambdas=[policy])
+    with pytest.raises(RobustCSCError, match="may be scored only on its reporting split"):
+        evaluate_checkpoint(checkpoints["a"], suite, store=tmp_path / "x.sqlite", dataset=suite.name, split="test",
+                            lambdas=[policy])
 
 
 @pytest.mark.parametrize("args, fragments", [

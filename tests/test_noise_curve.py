@@ -85,7 +85,8 @@ def test_curve_equals_a_hand_loop_over_single_images(probe, clean, kind, levels)
     frame = noise_curve(probe, clean, kind, levels, lambdas, seed=3, batch_size=10, compiled=False)
     expected = hand_curve(probe, clean, kind, levels, lambdas, seed=3)
     assert as_counts(frame) == expected
-    assert list(frame.columns) == ["kind", "level", "lambda_setting", "n", "correct", "accuracy"]
+    assert list(frame.columns) == ["kind", "level", "lambda_setting", "n", "correct", "accuracy", "low", "high"]
+    assert all((frame["low"] <= frame["accuracy"]) & (frame["accuracy"] <= frame["high"]))
     assert (frame["n"] == N).all() and (frame["accuracy"] == frame["correct"] / N).all()
     assert probe.csc.lam == 0.1 and not probe.training  # lambdas restored, mode kept
     # The curve is not flat: noise and lambda both change the answers.
@@ -168,9 +169,9 @@ def test_models_and_policies_that_cannot_take_the_setting_are_refused(probe, cle
     resnet = create_model("resnet18", num_classes=10, width=4)
     with pytest.raises(RobustCSCError, match="no CSC layers"):
         noise_curve(resnet, clean, "gaussian", [0.1], [0.5], model_name="resnet18")
-    meta = {"layers": "stem", "grid": [0.1, 0.5], "seed": 0, "splits": {"tune": "t", "report": "r"}, "arch": "probe",
-            "checkpoint_sha256": "ab" * 32, "dataset": "digits", "reference_lambda": 0.1}
-    policy = CellPolicy({("gaussian_noise", 1): 0.5}, meta, [])
+    from policy_support import policy_meta
+
+    policy = CellPolicy({("gaussian_noise", 1): 0.5}, policy_meta(arch="probe"), [])
     with pytest.raises(RobustCSCError, match="per .corruption, severity. cell, not per noise level"):
         noise_curve(probe, clean, "gaussian", [0.1], [policy])
     with pytest.raises(RobustCSCError, match="empty"):

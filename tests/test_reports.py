@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation.outcomes import Outcomes
+from robust_csc.evaluation.stats import mcnemar, wilson_interval
 from robust_csc.evaluation.store import CellKey, ResultsStore
 from robust_csc.lambdas import LambdaSetting
 from robust_csc.models import create_model
@@ -103,8 +105,9 @@ def test_latex_has_booktabs_and_one_row_per_corruption(demo):
     assert len(rows) == len(CORRUPTIONS) + 1  # + the mean row
     assert rows[0].startswith(r"gaussian\_noise &") and rows[-1].startswith("mean &")
     assert r"\begin{table}" in tex and r"\caption{" in tex and r"\label{tab:corruptions__resnet18" in tex
-    # percentages with two decimals: resnet18's gaussian noise severity 1 is 170/200
-    assert "85.00" in rows[0]
+    # percent with one decimal and half the 95% Wilson interval: resnet18's gaussian noise severity 1 is 170/200
+    low, high = wilson_interval(170, 200)
+    assert f"85.0 ±{(high - low) * 50:.1f}" in rows[0]
     md = next((report / "tables").glob("corruptions__resnet18__*.md")).read_text().splitlines()
     assert len(md) == 2 + len(CORRUPTIONS) + 1 and md[1].startswith("|---") and md[-1].startswith("| mean")
 
@@ -117,8 +120,10 @@ def test_summary_and_attack_and_tuning_tables_equal_the_store(demo):
     row = summary[(summary["model"] == "resnet18") & (summary["corruption_data"] == f"{SUITE} {SPLIT}")].iloc[0]
     clean = trained[trained["corruption"] == "none"].iloc[0]
     assert row["clean"] == clean["correct"] / clean["n"]
+    assert (row["clean low"], row["clean high"]) == pytest.approx(wilson_interval(int(clean["correct"]), int(clean["n"])))
     corrupted = trained[trained["corruption"] != "none"]
     assert row["mean_cells_run"] == pytest.approx(sum(corrupted["correct"] / corrupted["n"]) / len(corrupted), abs=1e-12)
+    assert row["mean_cells_run low"] < row["mean_cells_run"] < row["mean_cells_run high"]
     assert row["cells_run"] == 50 and math.isnan(row["mean_75"]) and math.isnan(row["mce"])  # 10 of 15 corruptions
     attacks = frame[(frame["model"] == "resnet18") & (frame["attack"] == "pgd:Linf")]
     for eps, correct, n in zip(attacks["epsilon"], attacks["correct"], attacks["n"]):
@@ -128,9 +133,10 @@ def test_summary_and_attack_and_tuning_tables_equal_the_store(demo):
 
     robustness = read_csv(report / "tables" / "robustness.csv")
     assert list(robustness["checks_passed"]) == ["8/8", "8/8"]  # 2 checks in each of the 4 worst-case cells
-    assert [c for c in robustness.columns if c.startswith("worst-case")] == [
+    assert [c for c in robustness.columns if c.startswith("worst-case") and not c.endswith(("low", "high"))] == [
         f"worst-case Linf {k}/255" for k in (1, 2, 4, 8)
     ]
+    assert list(robustness["evaluation"]) == ["upper bound: fgsm, pgd only, not comparable with AutoAttack figures"] * 2
 
     tuning = read_csv(report / "tables" / "lambda_tuning.csv")
     policy = frame[frame["lambda_setting"] == POLICY]
@@ -145,6 +151,10 @@ def test_summary_and_attack_and_tuning_tables_equal_the_store(demo):
         assert r["acc_tuned"] == tuned["correct"] / tuned["n"] and r["acc_trained"] == untuned["correct"] / untuned["n"]
         assert r["gain"] == pytest.approx(r["acc_tuned"] - r["acc_trained"], abs=1e-12)
         assert (r["rule"], r["layers"], r["policy"]) == ("grid", "stem", POLICY)
+        flags = [Outcomes.from_json(x["outcomes"]).correct for x in (tuned, untuned)]
+        assert r["p_value"] == pytest.approx(mcnemar(*flags).p_value)
+        assert r["verdict"] == ("significant" if r["p_value"] < 0.05 else "not significant")
+        assert r["gain low"] <= r["gain"] <= r["gain high"]
 
     wide = read_csv(report / "tables" / "robustbench_wide.csv")
     assert len(wide) == 5 and list(wide.columns[5:8]) == ["clean", "gaussian_noise:1", "gaussian_noise:2"]
@@ -183,8 +193,8 @@ def test_rerun_gives_byte_identical_tables(demo, checkpoint, tmp_path):
     again = write_report(store, tmp_path / "again", baseline="resnet18", checkpoints=[checkpoint]).parent
     first = sorted(p.relative_to(report) for p in (report / "tables").iterdir())
     second = sorted(p.relative_to(again) for p in (again / "tables").iterdir())
-    # 5 corruption tables, summary, robustness, tuning and runs as CSV, MD and TeX; the wide CSV
-    assert first == second and len(first) == 9 * 3 + 1
+    # 5 corruption tables, summary, comparisons, robustness, tuning and runs as CSV, MD and TeX; the wide CSV
+    assert first == second and len(first) == 10 * 3 + 1
     for name in first:
         assert (report / name).read_bytes() == (again / name).read_bytes(), name
     # The PDFs carry no creation date either.
@@ -258,7 +268,7 @@ def test_severity_table_of_a_partial_series_has_nan_means():
          "attack": "none"}
     )
     series = series_of(frame.assign(checkpoint_sha256="x", dataset="d", split="s", lambda_setting="trained"))[0]
-    table = severity_table(frame, series)
+    table, _ = severity_table(frame, series)
     assert list(table.index) == ["fog", "contrast", "mean"]  # Hendrycks' order, not insertion order
     assert table.loc["fog", "1"] == 0.9 and math.isnan(table.loc["fog", "mean"])  # fog lacks severities 3-5
     assert table.loc["mean", "1"] == pytest.approx(0.8) and math.isnan(table.loc["mean", "2"])  # contrast lacks 2

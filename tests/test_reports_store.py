@@ -3,11 +3,11 @@
 Also tests how the report sorts those cells into kinds and series.
 """
 
-import base64
 import math
 
 import numpy as np
 
+from robust_csc.evaluation.outcomes import Outcomes
 from robust_csc.evaluation.store import CellKey, ResultsStore
 from robust_csc.lambdas import LambdaSetting
 from robust_csc.reports.cells import Cells, Series, format_epsilon, labels, report_split, series_of, tune_split
@@ -50,6 +50,15 @@ def correct_of(acc, n):
     return int(round(acc * n))
 
 
+def outcomes(correct, n, *key):
+    """Per-example outcomes with `correct` right answers at positions fixed by key (the same key, the same order)."""
+    seed = int.from_bytes(repr(key).encode()[:8].ljust(8, b"0"), "little") ^ sum(map(ord, repr(key)))
+    order = np.random.default_rng(seed).permutation(n)
+    flags = np.zeros(n, dtype=bool)
+    flags[order[:correct]] = True
+    return Outcomes.first(flags)
+
+
 def add_corruption_cells(store, model, sha, lam="trained", corruptions=CORRUPTIONS, split=SPLIT, dataset=SUITE, n=N,
                          severities=(1, 2, 3, 4, 5)):
     has_csc = model.startswith("sdnet")
@@ -60,16 +69,13 @@ def add_corruption_cells(store, model, sha, lam="trained", corruptions=CORRUPTIO
             {
                 "n": n,
                 "correct": correct_of(acc, n),
+                "outcomes": outcomes(correct_of(acc, n), n, model, corruption, severity, lam, split),
                 "seconds": 0.5,
                 "mean_recon_error": 10.0 + severity if has_csc else None,
                 "mean_code_density": 0.3 - 0.02 * severity if has_csc else None,
                 "extra": {"suite": dataset, "batch_size": 256},
             },
         )
-
-
-def packed(flags):
-    return base64.b64encode(np.packbits(np.asarray(flags, dtype=np.uint8)).tobytes()).decode("ascii")
 
 
 def robust_fraction(model, attack, epsilon):
@@ -79,26 +85,25 @@ def robust_fraction(model, attack, epsilon):
 
 
 def add_attack_cells(store, model, sha, n=100, lam="trained", checks_fail=False):
-    rng = np.random.default_rng(0)
     for epsilon in EPSILONS:
         for attack in ("fgsm", "pgd", "worst-case"):
             acc = robust_fraction(model, attack, epsilon)
             correct = correct_of(acc, n)
             extra = {"seed": 0}
             if attack == "worst-case":
-                flags = np.zeros(n, dtype=bool)
-                flags[rng.choice(n, correct, replace=False)] = True
                 extra.update(
                     attacks=["fgsm:Linf", "pgd:Linf"],
-                    robust_flags={"packed": packed(flags), "n": n},
+                    grade="upper bound: fgsm, pgd only, not comparable with AutoAttack figures",
                     checks={
                         "monotone_in_epsilon": {"passed": True, "detail": "robust accuracy falls with epsilon"},
                         "gradients": {"passed": not checks_fail, "detail": "input gradients finite and non-zero"},
                     },
                 )
+            # Nested robust sets (the worst case inside PGD inside FGSM), as the pointwise worst case is.
             store.add(
                 CellKey(model, sha, "digits", "test[:100]", attack=f"{attack}:Linf", epsilon=epsilon, lambda_setting=lam),
-                {"n": n, "correct": correct, "seconds": 2.0, "extra": extra},
+                {"n": n, "correct": correct, "seconds": 2.0, "extra": extra,
+                 "outcomes": outcomes(correct, n, model, epsilon, lam)},
             )
 
 
@@ -115,18 +120,22 @@ def add_tuning_cells(store, model="sdnet18", sha=SDNET_SHA, n=100):
             store.add(
                 CellKey(model, sha, SUITE, TUNE_SPLIT, corruption, severity, lambda_setting=LambdaSetting("stem", lam).name),
                 {"n": n, "correct": correct, "seconds": 0.1, "mean_recon_error": 20.0 / (1 + lam) + severity,
-                 "mean_code_density": 0.4 / (1 + 3 * lam) + 0.01 * severity, "extra": {"suite": SUITE, "seed": 0}},
+                 "mean_code_density": 0.4 / (1 + 3 * lam) + 0.01 * severity, "extra": {"suite": SUITE, "seed": 0},
+                 "outcomes": outcomes(correct, n, "grid", corruption, severity, lam)},
             )
         best = max(accs.values())
         chosen[(corruption, severity)] = min(lam for lam, c in accs.items() if c == best)
     for corruption, severity in cells:
         trained = accuracy(model, corruption, severity)
         store.add(CellKey(model, sha, SUITE, REPORT_SPLIT, corruption, severity),
-                  {"n": n, "correct": correct_of(trained, n), "seconds": 0.1, "extra": {"suite": SUITE, "seed": 0}})
+                  {"n": n, "correct": correct_of(trained, n), "seconds": 0.1, "extra": {"suite": SUITE, "seed": 0},
+                   "outcomes": outcomes(correct_of(trained, n), n, "report", corruption, severity)})
+        tuned = correct_of(min(1.0, trained + 0.01 * severity), n)
         store.add(
             CellKey(model, sha, SUITE, REPORT_SPLIT, corruption, severity, lambda_setting=POLICY),
-            {"n": n, "correct": correct_of(min(1.0, trained + 0.01 * severity), n), "seconds": 0.1,
-             "extra": {"lambda": chosen[(corruption, severity)], "rule": "grid", "layers": "stem", "seed": 0}},
+            {"n": n, "correct": tuned, "seconds": 0.1,
+             "extra": {"lambda": chosen[(corruption, severity)], "rule": "grid", "layers": "stem", "seed": 0},
+             "outcomes": outcomes(tuned, n, "report", corruption, severity)},
         )
     return chosen
 

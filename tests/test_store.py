@@ -222,7 +222,7 @@ def test_a_new_path_creates_the_store_and_its_folders(tmp_path):
         assert len(store) == 0 and store.models() == []
         assert store.to_frame().empty
     conn = sqlite3.connect(path)
-    assert dict(conn.execute("SELECT key, value FROM meta")) == {"app": "robust-csc", "schema_version": "1"}
+    assert dict(conn.execute("SELECT key, value FROM meta")) == {"app": "robust-csc", "schema_version": str(SCHEMA_VERSION)}
     conn.close()
     empty = tmp_path / "touched.sqlite"
     empty.write_bytes(b"")  # an empty file (a fresh temporary file) becomes a store
@@ -322,3 +322,96 @@ def test_processes_creating_and_filling_one_new_store_together(tmp_path):
     with ResultsStore(path) as store:
         assert len(store) == total
         assert not store.to_frame().duplicated(list(KEY_COLUMNS)).any()
+
+
+# -- schema 2: per-example outcomes, the code version, replacing, upgrading schema 1 --------------
+
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE cells (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, checkpoint_sha256 TEXT NOT NULL, dataset TEXT NOT NULL,
+    split TEXT NOT NULL, corruption TEXT NOT NULL, severity INTEGER NOT NULL, lambda_setting TEXT NOT NULL,
+    attack TEXT NOT NULL, epsilon REAL NOT NULL, n INTEGER NOT NULL CHECK (n >= 0),
+    correct INTEGER NOT NULL CHECK (correct >= 0 AND correct <= n), mean_recon_error REAL, mean_code_density REAL,
+    seconds REAL NOT NULL, created_at TEXT NOT NULL, extra TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (model, checkpoint_sha256, dataset, split, corruption, severity, lambda_setting, attack, epsilon)
+);
+INSERT INTO meta VALUES ('app', 'robust-csc'), ('schema_version', '1');
+INSERT INTO cells (model, checkpoint_sha256, dataset, split, corruption, severity, lambda_setting, attack, epsilon,
+                   n, correct, seconds, created_at, extra)
+VALUES ('sdnet18', '%s', 'cifar10', 'test', 'none', 0, 'trained', 'none', 0.0, 100, 90, 1.5, '2026-01-01T00:00:00+00:00', '{}');
+""" % SHA
+
+
+def _schema_1_store(path):
+    conn = sqlite3.connect(path)
+    conn.executescript(_SCHEMA_1)
+    conn.execute("PRAGMA journal_mode=WAL")  # as schema-1 robust-csc left its stores
+    conn.close()
+
+
+def test_outcomes_and_version_round_trip(tmp_path):
+    from robust_csc import __version__
+    from robust_csc.evaluation.outcomes import Outcomes
+
+    flags = np.zeros(100, dtype=bool)
+    flags[:90] = True
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.add(key(), values(outcomes=Outcomes.first(flags)))
+        row = store.get(key())
+        assert row["code_version"] == __version__
+        back = store.outcomes(key())
+        assert np.array_equal(back.correct, flags) and np.array_equal(back.index, np.arange(100))
+        store.add(key("fog", 1), values())  # outcomes are optional
+        assert store.outcomes(key("fog", 1)) is None
+        assert store.to_frame()["code_version"].tolist() == [__version__] * 2
+
+
+def test_outcomes_must_match_the_cell_counts(tmp_path):
+    from robust_csc.evaluation.outcomes import Outcomes
+
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        with pytest.raises(RobustCSCError, match="outcomes hold 89 of 100"):
+            store.add(key(), values(outcomes=Outcomes.first(np.arange(100) < 89)))
+        assert len(store) == 0
+
+
+def test_replace_overwrites_a_cell_and_plain_add_does_not(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.add(key(), values(correct=10, code_version="0.1.0"))
+        assert store.add(key(), values(correct=20)) is False
+        assert store.get(key())["correct"] == 10
+        assert store.add(key(), values(correct=30), replace=True) is True
+        row = store.get(key())
+        assert row["correct"] == 30 and row["code_version"] != "0.1.0"
+        assert len(store) == 1
+
+
+def test_a_schema_1_store_is_upgraded_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _schema_1_store(path)
+    with ResultsStore(path) as store:
+        row = store.get(key())
+        assert (row["n"], row["correct"], row["outcomes"], row["code_version"]) == (100, 90, None, None)
+        store.add(key("fog", 1), values())
+        assert len(store) == 2
+    conn = sqlite3.connect(path)
+    assert dict(conn.execute("SELECT key, value FROM meta"))["schema_version"] == str(SCHEMA_VERSION)
+    conn.close()
+
+
+def test_a_read_only_schema_1_store_is_read_as_it_is(tmp_path, monkeypatch):
+    import robust_csc.evaluation.store as store_module
+
+    path = tmp_path / "old.sqlite"
+    _schema_1_store(path)
+    before = path.read_bytes()
+    connect = sqlite3.connect
+    # Root ignores file modes, so the file is opened read-only the way SQLite itself offers.
+    monkeypatch.setattr(store_module.sqlite3, "connect", lambda p, **kw: connect(f"file:{p}?mode=ro", uri=True, **kw))
+    with ResultsStore(path) as store:
+        frame = store.to_frame()
+        assert frame["outcomes"].isna().all() and len(frame) == 1
+        with pytest.raises(RobustCSCError, match="could not be upgraded"):
+            store.add(key("fog", 1), values())
+    assert path.read_bytes() == before

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from policy_support import policy_meta
 from torch.utils.data import DataLoader, TensorDataset
 
 from robust_csc.csc import get_lambda, record_stats, set_lambda
@@ -44,9 +45,7 @@ def tiny(arch="sdnet18", seed=0):
 
 
 def meta(**overrides):
-    base = {"layers": "stem", "grid": [0.1, 0.5], "seed": 0, "splits": {"tune": "t", "report": "r"}, "arch": "sdnet18",
-            "checkpoint_sha256": "ab" * 32, "dataset": "digits", "reference_lambda": 0.1}
-    return {**base, **overrides}
+    return policy_meta(**overrides)
 
 
 # ---------------------------------------------------------------- splits
@@ -261,9 +260,11 @@ def test_recon_rule_uses_no_labels(tmp_path):
     for name, data in (("right", right), ("wrong", wrong)):
         for per in ("sample", "batch"):
             policy = recon_policy(model, images, per)
-            suite = CorruptionSuite("s", 10, [], [], 12, None)
-            result = evaluate(model, suite, store=tmp_path / f"{name}.sqlite", model_name="sdnet18",
+            # The policy's own suite and split: the harness scores its reporting half only.
+            suite = CorruptionSuite("digits-c[cifar]", 10, [], [], 12, None)
+            result = evaluate(model, suite, store=tmp_path / f"{name}.sqlite", model_name="sdnet18", split="test[:12]",
                               checkpoint_sha256="0" * 64, dataset="d", lambdas=[policy], clean=data, batch_size=5)
+            assert result.split == "test[:12]:report:s0" and int(result.frame.iloc[0]["n"]) == 6
             row = result.frame.iloc[0]
             chosen[(name, per)] = json.loads(row["extra"])["mean_lambda"]
             with torch.inference_mode(), policy.applied(model) as run:

@@ -27,13 +27,17 @@ Defaults that are ours, not torchattacks': a step size alpha left alone
 follows eps (torchattacks' alpha scaled by eps / its default eps and by its
 default steps / steps: PGD 2.5 * eps / steps); torch is seeded with the run's
 seed before each (attack, epsilon) cell; black-box attacks (square, spsa) run
-after the white-box ones.  The pointwise worst case over the attacks of a run
-is the cell f"worst-case:{norm}".
+after the white-box ones.  Every attack runs on every clean-correct point and
+keeps its per-example robust flags; the pointwise worst case over every attack
+cell of a series in the store (later runs, the sanity checks' stronger attack
+and the adaptive attacks on input-adaptive lambda policies included) is the
+cell f"worst-case:{norm}".  Adaptive attacks have ids "pgd~bpda-fixed",
+"pgd~bpda-repick", "pgd~transfer"; the cross-check's attack is "pgd-40x2~check".
+Anything weaker than the full standard AutoAttack is labelled an upper bound.
 """
 
 from robust_csc.attacks.adapters import AutoAttackAdapter, TorchattacksAdapter, build_autoattack, make_adapter
 from robust_csc.attacks.checkpoint import attack_checkpoint, load_test_images
-from robust_csc.attacks.flags import pack_flags, unpack_flags
 from robust_csc.attacks.runner import AttackResult, format_epsilon, judge, run_attacks, worst_case_key
 from robust_csc.attacks.specs import AttackSpec, as_specs, check_epsilons, check_norm, make_spec, parse_attack
 
@@ -52,9 +56,7 @@ __all__ = [
     "load_test_images",
     "make_adapter",
     "make_spec",
-    "pack_flags",
     "parse_attack",
     "run_attacks",
-    "unpack_flags",
     "worst_case_key",
 ]

@@ -6,6 +6,7 @@ import numbers
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 
 from robust_csc.attacks.runner import AttackResult, run_attacks
@@ -46,22 +47,26 @@ def attack_checkpoint(
 
     model_name = the checkpoint's arch, checkpoint_sha256 = the file's sha256,
     dataset = its recorded data set unless given, split "test" or
-    f"test[:{n}]" (as `robust-csc evaluate`).  Other keywords (lambda_setting,
-    steps, restarts, version, seed, batch_size, device, checks, progress) go to
-    run_attacks.
+    f"test[:{n}]" (as `robust-csc evaluate`).  With a tuned lambda policy as
+    lambda_setting the points are the policy's reporting split (its first
+    n_examples), never an image it was tuned on, and the split is named after
+    it.  Other keywords (lambda_setting, steps, restarts, version, seed,
+    batch_size, device, checks, adaptive, recompute, allow_large_epsilon,
+    progress) go to run_attacks.
     """
     from robust_csc.data import dataset_info
     from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint, read_metadata
 
     # The cheap checks first: a refused call reads no data and touches no store.
     norm = check_norm(norm)
-    check_epsilons(epsilons)
+    check_epsilons(epsilons, norm, allow_large=bool(kwargs.get("allow_large_epsilon", False)))
     for spec in as_specs(attacks, steps=kwargs.get("steps"), restarts=kwargs.get("restarts"), version=kwargs.get("version")):
         check_norm_fits(spec, norm)
-    if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, numbers.Integral) or n_examples < 1):
-        raise RobustCSCError(f"n_examples {n_examples!r} is invalid; pass an integer >= 1 or None for the whole test set")
+    if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, numbers.Integral) or n_examples < 2):
+        raise RobustCSCError(f"n_examples {n_examples!r} is invalid; pass an integer >= 2 (an interval needs 2) or None for all")
     meta = read_metadata(path)
-    name = dataset or meta.get("dataset")
+    policy = kwargs.get("lambda_setting") if hasattr(kwargs.get("lambda_setting"), "scoring_plan") else None
+    name = dataset or (policy.base_dataset() if policy is not None else None) or meta.get("dataset")
     if not name:
         raise RobustCSCError(f"{path} records no data set; pass dataset= (digits, cifar10, cifar100, imagenet)")
     info = dataset_info(name)
@@ -70,9 +75,12 @@ def attack_checkpoint(
             f"{path} has {meta.get('num_classes')} classes but {info.name} has {info.num_classes}; "
             "pass the data set the checkpoint was trained on"
         )
-    images, labels = load_test_images(info.name, data_root, n_examples)
+    if policy is not None:
+        images, labels, index, split = policy_points(policy, info.name, data_root, n_examples)
+    else:
+        images, labels = load_test_images(info.name, data_root, n_examples)
+        index, split = None, "test" if n_examples is None else f"test[:{n_examples}]"
     model, meta = load_checkpoint(path, expect_num_classes=info.num_classes)
-    split = "test" if n_examples is None else f"test[:{n_examples}]"
     return run_attacks(
         model,
         images,
@@ -85,8 +93,26 @@ def attack_checkpoint(
         checkpoint_sha256=checkpoint_hash(path),
         dataset=info.name,
         split=split,
+        index=index,
         **kwargs,
     )
 
 
-__all__ = ["attack_checkpoint", "load_test_images"]
+def policy_points(policy: Any, dataset: str, root: str | Path | None, n_examples: int | None):
+    """(images, labels, test-set indices, split name) of a policy's reporting split, its first n_examples."""
+    whole = int(policy.meta["suite"]["images_per_cell"])
+    images, labels = load_test_images(dataset, root, whole)
+    report = policy.reporting_split().report
+    if n_examples is not None:
+        if n_examples > report.size:
+            raise RobustCSCError(f"n_examples {n_examples} exceeds the {report.size} images of the policy's reporting split "
+                                 f"{policy.report_split}; pass at most {report.size}")
+        report = report[:n_examples]
+    if np.isin(report, policy.tune_index).any():  # positions of the first N test images are their indices
+        raise RobustCSCError(f"the reporting split of {policy.name} overlaps its tuning images; re-run tune-lambda")
+    position = torch.as_tensor(report, dtype=torch.long)
+    split = policy.report_split if n_examples is None else f"{policy.report_split}[:{n_examples}]"
+    return images[position], labels[position], report, split
+
+
+__all__ = ["attack_checkpoint", "load_test_images", "policy_points"]

@@ -52,6 +52,9 @@ VERSION_ATTACKS = {
 }
 AA_PARAMS = ("version", "attacks", "steps", "n_queries")
 
+# Parameters at 0 (or below) turn an attack into a no-op that reports every point robust: refused.
+NO_OP_WHEN_ZERO = frozenset({"alpha", "steps", "n_queries", "n_restarts", "lr", "nb_iter", "nb_sample", "eot_iter", "p_init", "delta"})
+
 # Set by the runner, never by the user.
 RESERVED = ("model", "eps", "norm", "seed", "n_classes", "verbose", "device")
 
@@ -65,8 +68,17 @@ def check_norm(norm: object) -> str:
     raise RobustCSCError(f"unknown norm {norm!r}; use Linf or L2")
 
 
-def check_epsilons(epsilons: object) -> tuple[float, ...]:
-    """Finite epsilons > 0, in pixel units of [0, 1] images, sorted and without repeats."""
+# Budgets past these are legal but unusual enough to be typos (8 instead of 8/255): they need allow_large=True.
+# L2: 5.0 covers ImageNet's customary 3.0; Linf: 64/255 is 8 times the customary 8/255.
+LARGE_EPSILON_BOUND = {"Linf": 64 / 255, "L2": 5.0}
+
+
+def check_epsilons(epsilons: object, norm: str | None = None, *, allow_large: bool = False) -> tuple[float, ...]:
+    """Finite epsilons > 0, in pixel units of [0, 1] images, sorted and without repeats.
+
+    With a norm: a Linf budget above 1 covers the whole image and is refused;
+    budgets above LARGE_EPSILON_BOUND[norm] need allow_large (--allow-large-eps).
+    """
     if isinstance(epsilons, (numbers.Real, str)) and not isinstance(epsilons, bool):
         epsilons = [epsilons]
     try:
@@ -81,6 +93,19 @@ def check_epsilons(epsilons: object) -> tuple[float, ...]:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
             raise RobustCSCError(f"epsilon {item!r} is not a finite number > 0; pass e.g. 8/255 (pixels in [0, 1])")
         out.append(float(value))
+    if norm is not None:
+        norm = check_norm(norm)
+        for value in out:
+            if norm == "Linf" and value > 1:
+                raise RobustCSCError(
+                    f"Linf epsilon {value:g} exceeds 1, a ball that covers every [0, 1] image; pass pixel units such as 8/255"
+                )
+            if value > LARGE_EPSILON_BOUND[norm] + 1e-12 and not allow_large:
+                bound = "64/255" if norm == "Linf" else f"{LARGE_EPSILON_BOUND[norm]:g}"
+                raise RobustCSCError(
+                    f"{norm} epsilon {value:g} is above {bound}, far past the usual budgets; if you mean it pass "
+                    "--allow-large-eps (allow_large=True), else pass pixel units such as 8/255"
+                )
     return tuple(sorted(set(out)))
 
 
@@ -316,6 +341,11 @@ def _check_torchattacks_params(key: str, params: dict[str, Any], checked: dict[s
                 raise RobustCSCError(f"{key} parameter {pname}={value!r} must be true or false")
         elif isinstance(default, numbers.Real) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise RobustCSCError(f"{key} parameter {pname}={value!r} must be a number")
+        if pname in NO_OP_WHEN_ZERO and not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise RobustCSCError(
+                f"{key} parameter {pname}={value!r} makes the attack do nothing (robust accuracy would equal clean "
+                f"accuracy); pass {pname} > 0 or leave it at its default"
+            )
         if value != default:
             checked[pname] = value
 

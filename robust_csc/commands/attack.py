@@ -33,13 +33,27 @@ def attack(
     version: Optional[str] = typer.Option(None, "--version", help="AutoAttack version: standard, plus or rand [default: standard]."),
     n_examples: Optional[int] = typer.Option(None, "--n-examples", help="The first N test images [default: all]."),
     lam: Optional[str] = typer.Option(None, "--lambda", help="Lambda setting: trained, 0.5, stem=0.5 or scale=1.5 [default: trained]."),
-    lambda_policy: Optional[Path] = typer.Option(None, "--lambda-policy", help="A tuned lambda policy file (robust-csc tune)."),
+    lambda_policy: Optional[Path] = typer.Option(
+        None, "--lambda-policy",
+        help="A tuned lambda policy file (robust-csc tune-lambda); the points are then its reporting split.",
+    ),
     store: Path = typer.Option(Path("results.sqlite"), "--store", help="SQLite results store."),
     seed: int = typer.Option(0, "--seed", help="Seed of the attacks' random starts (and AutoAttack's seed)."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per attack batch."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... [default: cuda if available]."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
-    checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the attacking sanity checks (gradients, large eps, more steps)."),
+    checks: bool = typer.Option(
+        True, "--checks/--no-checks",
+        help="Run the attacking sanity checks (gradients, large eps, a stronger PGD on the points left robust).",
+    ),
+    adaptive: bool = typer.Option(
+        True, "--adaptive/--no-adaptive",
+        help="For a policy that reads its input (recon rule): also attack it with BPDA and transfer (default on).",
+    ),
+    allow_large_eps: bool = typer.Option(
+        False, "--allow-large-eps", help="Accept budgets above 64/255 (Linf) or 5 (L2), which are usually typos."
+    ),
+    recompute: bool = typer.Option(False, "--recompute", help="Run every attack cell again and replace the stored ones."),
     progress: Optional[bool] = typer.Option(
         None, "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal]."
     ),
@@ -56,11 +70,13 @@ def attack(
     # Everything a user can get wrong is checked before the store is opened,
     # so a refused call leaves an existing store untouched.
     chosen_norm = check_norm(norm)
-    epsilons = check_epsilons([parse_number(item) for item in (_items(eps) or [])])
+    epsilons = check_epsilons([parse_number(item) for item in (_items(eps) or [])], chosen_norm, allow_large=allow_large_eps)
     specs = as_specs(_attack_items(attacks), steps=_positive(steps, "--steps"), restarts=_positive(restarts, "--restarts"), version=version)
     for spec in specs:
         check_norm_fits(spec, chosen_norm)
     _positive(n_examples, "--n-examples")
+    if n_examples is not None and n_examples < 2:
+        raise RobustCSCError("--n-examples 1 leaves no interval; pass --n-examples 2 or more")
     _positive(batch_size, "--batch-size")
     _not_negative(seed, "--seed")
     if lam is not None and lambda_policy is not None:
@@ -103,6 +119,9 @@ def attack(
         batch_size=batch_size,
         device=device,
         checks=checks,
+        adaptive=adaptive,
+        recompute=recompute,
+        allow_large_epsilon=allow_large_eps,
         progress=sys.stderr.isatty() if progress is None else progress,
     )
     _say(f"checkpoint {checkpoint} ({meta.get('arch')})")

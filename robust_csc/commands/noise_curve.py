@@ -49,7 +49,7 @@ def noise_curve_command(
 ) -> None:
     """Accuracy at each noise level (any continuous value) under each lambda setting, on the clean test set."""
     from robust_csc.evaluation.noise_curve import (
-        best_per_level, check_levels, curve_files, curve_table, noise_curve, noise_kind, save_curve,
+        best_per_level, check_levels, curve_files, curve_table, curve_text, noise_curve, noise_kind, save_curve,
     )
     from robust_csc.models.checkpoints import load_checkpoint, read_metadata
     from robust_csc.tuning.grid import parse_number_list
@@ -70,25 +70,43 @@ def noise_curve_command(
             raise RobustCSCError(f"{existing[0]} already exists; pass --force to replace it or choose another --out")
     meta = read_metadata(checkpoint)
     refuse_lambdas_without_csc(checkpoint, meta, settings)
-    base = dataset or meta.get("dataset")
+    policies = [s for s in settings if hasattr(s, "reporting_images")]
+    base = dataset or (policies[0].base_dataset() if policies else None) or meta.get("dataset")
     if not base:
         raise RobustCSCError(f"{checkpoint} records no data set; pass --dataset (digits, cifar10, cifar100, imagenet)")
+    if policies and base != policies[0].base_dataset():
+        raise RobustCSCError(f"--dataset {base} is not the data set lambda policy {lambda_policy} was tuned on "
+                             f"({policies[0].base_dataset()}); leave --dataset out")
+
+    from torch.utils.data import Subset
 
     from robust_csc.data import dataset_info, load_dataset
     from robust_csc.data.generated import generated_clean
 
     if download:
         load_dataset(base, "test", root=data_root, download=True)
-    clean = generated_clean(base, "test", data_root, n_examples, verify_checksums=verify_checksums)
+    if policies:
+        # A tuned policy is only run on images it was not tuned on: its reporting half.
+        whole = int(policies[0].meta["suite"]["images_per_cell"])
+        clean = policies[0].reporting_images(generated_clean(base, "test", data_root, whole, verify_checksums=verify_checksums))
+        if n_examples is not None:
+            if n_examples > len(clean):
+                raise RobustCSCError(f"--n-examples {n_examples} exceeds the {len(clean)} reporting images of lambda policy "
+                                     f"{lambda_policy}; pass at most {len(clean)}")
+            clean = Subset(clean, range(n_examples))
+    else:
+        clean = generated_clean(base, "test", data_root, n_examples, verify_checksums=verify_checksums)
     model, meta = load_checkpoint(checkpoint, expect_num_classes=dataset_info(base).num_classes)
     frame = noise_curve(
         model, clean, kind, values, settings, seed=seed, batch_size=batch_size, num_workers=workers,
         device=device, compiled=not eager, model_name=meta["arch"],
         progress=sys.stderr.isatty() if progress is None else progress,
     )
-    _say(f"{meta['arch']} ({checkpoint}) on {base} test, {len(clean)} images, {kind} noise, seed {seed}: accuracy")
+    which = f"the reporting split of {policies[0].name}" if policies else "test"
+    _say(f"{meta['arch']} ({checkpoint}) on {base} {which}, n = {len(clean)} images, {kind} noise, seed {seed}: "
+         "accuracy in % ± half the 95% Wilson interval")
+    _say(curve_text(frame).to_string())
     table = curve_table(frame)
-    _say(table.to_string(float_format=lambda v: f"{v:.4f}"))
     if len(table.columns) > 1:
         best = best_per_level(frame)["best_lambda_setting"]
         _say("best lambda setting per level: " + ", ".join(f"{level:g} {best[level]}" for level in table.index))

@@ -41,6 +41,7 @@ def tune_lambda(
         help="Check the clean CIFAR files against torchvision's MD5s; --no-verify-checksums accepts a copy you trust.",
     ),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars on stderr."),
+    recompute: bool = typer.Option(False, "--recompute", help="Sweep and evaluate again, replacing stored cells."),
 ) -> None:
     """Tune lambda per (corruption, severity) on a tuning split; print the choice and the gains on the reporting split."""
     from robust_csc.evaluation.store import ResultsStore
@@ -79,9 +80,13 @@ def tune_lambda(
             checkpoint, chosen.suite, store=results, clean=chosen.clean, grid=values, layers=layers, rule=rule,
             per=per, seed=seed, out=out, force=force, dataset=chosen.suite.name, split_base=chosen.split,
             batch_size=batch_size, num_workers=workers, device=device,
-            progress=sys.stderr.isatty() if progress is None else progress,
+            progress=sys.stderr.isatty() if progress is None else progress, recompute=recompute,
+            suite_options={"suite": suite.lower(), "dataset": dataset or (chosen.meta.get("dataset") if suite.lower() == "generated" else None),
+                           "profile": (profile or "cifar") if suite.lower() == "generated" else None, "seed": seed,
+                           "n_examples": n_examples},
         )
-    _say(f"{chosen.suite!r}, checkpoint {checkpoint} ({chosen.meta.get('arch')})")
+    _say(f"{chosen.meta.get('arch')} ({checkpoint}) on {chosen.suite.name}: {len(chosen.suite.corruptions)} corruptions x "
+         f"{len(chosen.suite.severities)} severities, {chosen.suite.images_per_cell} images per cell")
     for line in result.lines():
         _say(line)
     _say(f"store: {store}")

@@ -11,7 +11,19 @@ layer), "stem=0.5", "scale=1.5", a LambdaSetting or a tuned policy
 corruption, severity)`` and is stored under ``setting.name``.
 
 A cell already in the store is skipped, so an interrupted run is resumed by
-running the same call again: it loses at most the cell that was in flight.
+running the same call again: it loses at most the cell that was in flight;
+recompute=True runs and replaces it instead.  Every cell stores its
+per-example outcomes (robust_csc.evaluation.outcomes) and the robust-csc
+version that computed it.
+
+A tuned policy was fitted on images of its suite: it is scored only on its
+reporting split.  Given the whole split it was tuned on, the harness keeps
+the reporting half (every setting of the run is scored on it, so they stay
+paired); given another suite or split it refuses; and every scored batch is
+checked against the policy's tuning indices.
+
+The model runs in eval mode under robust_csc.deployed.frozen_state: its
+weights, buffers and lambdas are checked unchanged when the run ends.
 Under torchrun the pending cells are dealt out round-robin over the ranks;
 each rank writes its own cells (SQLite in WAL mode with a busy timeout lets
 several processes of one machine write the same file).
@@ -34,11 +46,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
+from robust_csc import __version__
 from robust_csc.csc import csc_layers, record_stats
 from robust_csc.data.corrupted import CorruptionSuite
+from robust_csc.deployed import eval_only, frozen_state
 from robust_csc.errors import RobustCSCError
 from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes
 from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
+from robust_csc.evaluation.outcomes import Outcomes
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
 from robust_csc.runtime import model_device
@@ -62,6 +77,15 @@ class EvalResult:
     frame: pd.DataFrame
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     summaries: dict[str, dict] = field(default_factory=dict)
+    split: str = "test"  # the split scored (a policy's reporting split when one was evaluated)
+    other_versions: dict[str, int] = field(default_factory=dict)  # skipped cells computed by other robust-csc versions
+
+    def notes(self) -> list[str]:
+        """What a reader of the numbers must know: cells reused from other robust-csc versions."""
+        if not self.other_versions:
+            return []
+        which = ", ".join(f"{count} by {version}" for version, count in sorted(self.other_versions.items()))
+        return [f"reused cells computed by other robust-csc versions ({which}); pass --recompute (recompute=True) to redo them"]
 
 
 def lambda_setting_name(value: float | None) -> str:
@@ -166,25 +190,41 @@ def _run_cell(
     cell: _Cell,
     has_csc: bool,
     device: torch.device,
+    never_score: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """n, correct, seconds, the stem's mean recon error / code density, and the setting's extra, of one cell."""
+    """n, correct, per-example outcomes, seconds, the stem's mean recon error / code density, and the
+    setting's extra, of one cell.  never_score: test-set indices a tuned policy was fitted on."""
     start = time.perf_counter()
-    # Sums stay on the device: one host sync per cell, not per batch.
+    # Sums and flags stay on the device: one host sync per cell, not per batch.
     n = 0
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    flag_parts: list[torch.Tensor] = []
+    index_parts: list[torch.Tensor] = []
     recon = torch.zeros((), dtype=torch.float64, device=device)
     density = torch.zeros((), dtype=torch.float64, device=device)
     extra: dict[str, Any] = {}
     with torch.inference_mode():
         stats = record_stats(model, layers="stem") if has_csc else nullcontext()
-        with cell.setting.applied(model, cell.corruption, cell.severity) as run, stats as layers:
+        with cell.setting.applied(model, cell.corruption, cell.severity) as applied, stats as layers:
+            run = eval_only(applied)
             for batch in batches:
                 images, labels = batch[0], batch[1]
+                count = int(torch.as_tensor(labels).shape[0])
+                # Items carry their test-set index (image, label, index); plain pairs count by position.
+                index = torch.as_tensor(batch[2]).reshape(-1) if len(batch) > 2 else torch.arange(n, n + count)
+                if never_score is not None and bool(torch.isin(index, never_score).any()):
+                    raise RobustCSCError(
+                        f"image {int(index[torch.isin(index, never_score)][0])} of a tuned policy's tuning split was about "
+                        "to be scored; score the policy on its reporting split (evaluate takes it from the policy)"
+                    )
                 images = images.to(device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(device, non_blocking=True)
                 logits = run(images)
-                correct += (logits.argmax(dim=1) == labels).sum()
-                n += int(labels.shape[0])
+                right = logits.argmax(dim=1) == labels
+                correct += right.sum()
+                flag_parts.append(right)
+                index_parts.append(index)
+                n += count
                 if has_csc:
                     last = next(iter(layers.values())).last_stats
                     recon += last.recon_error.sum(dtype=torch.float64)
@@ -192,7 +232,10 @@ def _run_cell(
             describe = getattr(cell.setting, "cell_extra", None)  # tuned policies say what they chose
             if describe is not None:
                 extra = dict(describe(cell.corruption, cell.severity, run))
-    values: dict[str, Any] = {"n": n, "correct": int(correct.item()), "extra": extra}
+    flags = torch.cat(flag_parts).cpu() if flag_parts else torch.zeros(0, dtype=torch.bool)
+    index = torch.cat(index_parts) if index_parts else torch.zeros(0, dtype=torch.int64)
+    values: dict[str, Any] = {"n": n, "correct": int(correct.item()), "extra": extra,
+                              "outcomes": Outcomes(index.numpy(), flags.numpy())}
     if has_csc and n > 0:
         values["mean_recon_error"] = recon.item() / n
         values["mean_code_density"] = density.item() / n
@@ -218,6 +261,7 @@ def evaluate(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
+    recompute: bool = False,
 ) -> EvalResult:
     """Evaluate model on every (lambda setting, cell) not yet in store; see the module docstring.
 
@@ -226,7 +270,10 @@ def evaluate(
     (see robust_csc.lambdas.as_setting); clean: the clean test set (items (image, label, index)), run
     first as the cell ("none", 0); device: None = where the model already is,
     else the model is moved there (and left there). The model is run in eval
-    mode and given back in the mode it came in.
+    mode and given back in the mode it came in.  recompute: run every cell
+    and replace the stored ones (after a fix, or to record outcomes for cells
+    of an older version).  A tuned policy among the settings restricts the run
+    to its reporting split (see the module docstring).
     Each finished cell is committed at once as one store row.
     """
     if not isinstance(suite, CorruptionSuite):
@@ -249,15 +296,18 @@ def evaluate(
     corrupted = [(cell.corruption, cell.severity) for cell in suite.cells()]
     if not corrupted and clean is None:
         raise RobustCSCError(f"the suite {suite.name} selects no cells and no clean set was given; select at least one corruption and severity")
+    suite, clean, split, never_score = scoring_split(settings, suite, clean, split)
     base_key = CellKey(model_name, checkpoint_sha256, dataset, split)  # checks the identity fields up front
     device = model_device(model) if device is None else torch.device(device)
 
     store, owned = open_store(store)
     try:
         rank, world = _distributed()
-        done = store.done_keys(
+        frame = store.to_frame(
             model=model_name, checkpoint_sha256=checkpoint_sha256, dataset=dataset, split=split, attack="none", epsilon=0.0
         )
+        versions = {_frame_key(base_key, row): row["code_version"] for row in frame.to_dict("records")}
+        done = set() if recompute else set(versions)
         cells = [
             _Cell(setting, corruption, severity)
             for setting in settings
@@ -274,9 +324,14 @@ def evaluate(
             pending = [cells[i] for i in shared[0]]
             skipped = len(cells) - len(pending)
         mine = pending[rank::world]
+        other_versions: dict[str, int] = {}
+        for cell in cells:
+            version = versions.get(keys[cell], __version__)
+            if keys[cell] in done and version != __version__:
+                name = version or "robust-csc < 0.2"
+                other_versions[name] = other_versions.get(name, 0) + 1
 
-        was_training = model.training
-        model.to(device).eval()
+        model.to(device)
         bar = None
         if progress and rank == 0:
             from tqdm.auto import tqdm
@@ -285,20 +340,20 @@ def evaluate(
         try:
             datas = [clean if cell.corruption == CLEAN else suite.dataset(cell.corruption, cell.severity) for cell in mine]
             cell_batches = _cell_batches(datas, batch_size, num_workers, pin_memory=device.type == "cuda")
-            for cell, batches in zip(mine, cell_batches):
-                if bar is not None:  # names the cell in flight
-                    bar.set_postfix_str(f"{cell.corruption} {cell.severity} lambda {cell.setting.name}")
-                values = _run_cell(model, batches, cell, has_csc, device)
-                values["extra"] = {"suite": suite.name, "batch_size": batch_size, **values["extra"]}
-                if world > 1:  # which process wrote the row, for checking a sharded run
-                    values["extra"]["rank"] = rank
-                store.add(keys[cell], values)  # committed now: a crash loses at most the next cell
-                if bar is not None:
-                    bar.update(1)
+            with frozen_state(model, f"evaluating {model_name}"):
+                for cell, batches in zip(mine, cell_batches):
+                    if bar is not None:  # names the cell in flight
+                        bar.set_postfix_str(f"{cell.corruption} {cell.severity} lambda {cell.setting.name}")
+                    values = _run_cell(model, batches, cell, has_csc, device, never_score)
+                    values["extra"] = {"suite": suite.name, "batch_size": batch_size, **values["extra"]}
+                    if world > 1:  # which process wrote the row, for checking a sharded run
+                        values["extra"]["rank"] = rank
+                    store.add(keys[cell], values, replace=recompute)  # committed now: a crash loses at most the next cell
+                    if bar is not None:
+                        bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-            model.train(was_training)
 
         if world > 1:
             dist.barrier()  # every rank's cells are committed before the frame is read
@@ -306,7 +361,39 @@ def evaluate(
     finally:
         if owned:
             store.close()
-    return _result(frame, model_name, settings, len(pending), skipped)
+    result = _result(frame, model_name, settings, len(pending), skipped)
+    result.split = split
+    result.other_versions = other_versions
+    return result
+
+
+def scoring_split(
+    settings: Sequence[Any], suite: CorruptionSuite, clean: Dataset | None, split: str
+) -> tuple[CorruptionSuite, Dataset | None, str, torch.Tensor | None]:
+    """(suite, clean, split, indices never to score): a tuned policy's reporting half, or the run as given.
+
+    Every setting of the run is scored on the same images, so a tuned policy
+    and the trained lambdas beside it stay paired.
+    """
+    fitted = [s for s in settings if hasattr(s, "scoring_plan")]
+    if not fitted:
+        return suite, clean, split, None
+    plans = {s.scoring_plan(suite.name, suite.images_per_cell, split) for s in fitted}
+    if len({s.report_split for s in fitted}) > 1 or len(plans) > 1:
+        raise RobustCSCError("the tuned policies of this run were tuned on different splits; evaluate them one run each")
+    first = fitted[0]
+    if plans == {"restrict"}:
+        halving = first.reporting_split()
+        suite = halving.suite(suite, "report")
+        clean = halving.subset(clean, "report") if clean is not None else None
+        split = first.report_split
+    never = torch.as_tensor(sorted({int(i) for s in fitted for i in s.tune_index}), dtype=torch.int64)
+    return suite, clean, split, never
+
+
+def _frame_key(base: CellKey, row: Mapping[str, Any]) -> CellKey:
+    return CellKey(base.model, base.checkpoint_sha256, base.dataset, base.split, row["corruption"], int(row["severity"]),
+                   row["lambda_setting"], row["attack"], float(row["epsilon"]))
 
 
 def _key(base: CellKey, cell: _Cell) -> CellKey:

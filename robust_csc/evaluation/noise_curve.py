@@ -6,6 +6,9 @@ and moved to the model's device; every level's noise is added there by
 add_noise (seeded per image index, so a curve does not depend on the batch
 size or the order), and every lambda setting runs on that same noisy batch.
 Noise therefore costs one kernel per (batch, level), not one per lambda.
+Each row carries n, its correct count and the 95 % Wilson interval.  A tuned
+policy is only ever run on images it was not tuned on (its reporting half of
+the clean images: LambdaPolicy.reporting_images), checked batch by batch.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from robust_csc.corruptions.noise import NOISE_KINDS, add_noise, check_noise_level
+from robust_csc.deployed import eval_only, frozen_state
 from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation.stats import wilson_columns
 from robust_csc.evaluation.harness import _check_int
 from robust_csc.lambdas import as_setting, check_model_takes
 from robust_csc.runtime import model_device
 
-COLUMNS = ("kind", "level", "lambda_setting", "n", "correct", "accuracy")
+COLUMNS = ("kind", "level", "lambda_setting", "n", "correct", "accuracy", "low", "high")
 
 
 def noise_kind(kind: object) -> str:
@@ -107,28 +112,31 @@ def noise_curve(
     loader = DataLoader(clean, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     correct = torch.zeros(len(values), len(settings), dtype=torch.int64, device=device)
+    never = [torch.as_tensor(s.tune_index, dtype=torch.int64) for s in settings if getattr(s, "tune_index", None) is not None]
+    never_score = torch.cat(never) if never else None
     n = 0
-    was_training = model.training
-    model.to(device).eval()
-    try:
-        batches = loader
-        if progress:
-            from tqdm.auto import tqdm
+    model.to(device)
+    batches = loader
+    if progress:
+        from tqdm.auto import tqdm
 
-            batches = tqdm(loader, desc=f"{model_name} {kind} noise", unit="batch")
-        with torch.inference_mode():
-            for batch in batches:
-                images, labels = batch[0].to(device, non_blocking=True), torch.as_tensor(batch[1]).to(device)
-                # Position in clean when its items carry no index (the loader keeps clean's order).
-                indices = batch[2] if len(batch) > 2 else torch.arange(n, n + len(labels))
-                for i, level in enumerate(values):
-                    noisy = add_noise(images, kind, level, seed, indices, compiled=compiled)
-                    for j, setting in enumerate(settings):
-                        with setting.applied(model, corruption, 0) as run:
-                            correct[i, j] += (run(noisy).argmax(dim=1) == labels).sum()
-                n += int(labels.shape[0])
-    finally:
-        model.train(was_training)
+        batches = tqdm(loader, desc=f"{model_name} {kind} noise", unit="batch")
+    with frozen_state(model, f"the noise curve of {model_name}"), torch.inference_mode():
+        for batch in batches:
+            images, labels = batch[0].to(device, non_blocking=True), torch.as_tensor(batch[1]).to(device)
+            # Position in clean when its items carry no index (the loader keeps clean's order).
+            indices = batch[2] if len(batch) > 2 else torch.arange(n, n + len(labels))
+            if never_score is not None and bool(torch.isin(torch.as_tensor(indices), never_score).any()):
+                raise RobustCSCError(
+                    "an image a lambda policy was tuned on was about to be scored; run the policy on its reporting "
+                    "images (LambdaPolicy.reporting_images; the CLI's noise-curve picks them)"
+                )
+            for i, level in enumerate(values):
+                noisy = add_noise(images, kind, level, seed, indices, compiled=compiled)
+                for j, setting in enumerate(settings):
+                    with setting.applied(model, corruption, 0) as applied:
+                        correct[i, j] += (eval_only(applied)(noisy).argmax(dim=1) == labels).sum()
+            n += int(labels.shape[0])
 
     counts = correct.cpu().tolist()
     rows = [
@@ -136,7 +144,9 @@ def noise_curve(
         for i, level in enumerate(values)
         for j, setting in enumerate(settings)
     ]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS[:-2]))
+    frame["low"], frame["high"] = wilson_columns(frame["correct"].tolist(), frame["n"].tolist())
+    return frame
 
 
 def curve_files(out: str | Path) -> dict[str, Path]:
@@ -167,6 +177,15 @@ def curve_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.loc[levels, settings].rename_axis(columns=None)
 
 
+def curve_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """curve_table as text: accuracy in % ± half its 95% Wilson interval."""
+    text = frame.assign(text=[f"{a * 100:.1f}±{(h - lo) * 50:.1f}" for a, lo, h in zip(frame["accuracy"], frame["low"], frame["high"])])
+    table = text.pivot(index="level", columns="lambda_setting", values="text")
+    settings = list(dict.fromkeys(frame["lambda_setting"]))
+    levels = list(dict.fromkeys(frame["level"]))
+    return table.loc[levels, settings].rename_axis(columns=None)
+
+
 def best_per_level(frame: pd.DataFrame) -> pd.DataFrame:
     """Per level: the lambda setting with the highest accuracy (the first listed on a tie) and that accuracy."""
     table = curve_table(frame)
@@ -174,4 +193,4 @@ def best_per_level(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"best_lambda_setting": best, "accuracy": table.max(axis=1)})
 
 
-__all__ = ["COLUMNS", "best_per_level", "check_levels", "curve_files", "curve_table", "noise_curve", "noise_kind", "save_curve"]
+__all__ = ["COLUMNS", "best_per_level", "check_levels", "curve_files", "curve_table", "curve_text", "noise_curve", "noise_kind", "save_curve"]

@@ -2,10 +2,15 @@
 
 A result cell is (model, checkpoint hash, data set, split, corruption,
 severity, lambda setting, attack, epsilon) -> (n, correct, mean
-reconstruction error, mean code density, seconds). The identity columns form
-a UNIQUE key, so a rerun skips what is done; every cell is inserted in its own
-committed transaction, so a process killed at any moment loses at most the
-cell in flight and never leaves half a row.
+reconstruction error, mean code density, seconds, per-example outcomes, the
+robust-csc version that computed it). The identity columns form a UNIQUE key,
+so a rerun skips what is done (or, with replace=True, recomputes it); every
+cell is written in its own committed transaction, so a process killed at any
+moment loses at most the cell in flight and never leaves half a row.
+
+Schema 2 added the outcomes and code_version columns; a schema-1 store is
+upgraded in place when opened (two added columns, NULL for the old rows,
+which then have no per-example outcomes and an unknown version).
 
     with ResultsStore("results.sqlite") as store:
         key = CellKey("sdnet18", sha, "cifar10", "test", "gaussian_noise", 3)
@@ -26,9 +31,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation.outcomes import Outcomes
 
 APP_NAME = "robust-csc"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Seconds a connection waits for another process's lock before giving up.
 BUSY_TIMEOUT_S = 60.0
@@ -54,10 +60,14 @@ VALUE_COLUMNS = (
     "seconds",
     "created_at",
     "extra",
+    "outcomes",
+    "code_version",
 )
-# Values a caller passes to add(); created_at is set by the store.
+# Columns schema 2 added to schema 1 (NULL in upgraded rows).
+_V2_COLUMNS = ("outcomes", "code_version")
+# Values a caller passes to add(); created_at is set by the store, code_version defaults to this robust-csc's.
 _REQUIRED_VALUES = ("n", "correct", "seconds")
-_OPTIONAL_VALUES = ("mean_recon_error", "mean_code_density", "extra")
+_OPTIONAL_VALUES = ("mean_recon_error", "mean_code_density", "extra", "outcomes", "code_version")
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -82,6 +92,8 @@ CREATE TABLE cells (
     seconds           REAL    NOT NULL,
     created_at        TEXT    NOT NULL,
     extra             TEXT    NOT NULL DEFAULT '{}',
+    outcomes          TEXT,
+    code_version      TEXT,
     UNIQUE (model, checkpoint_sha256, dataset, split, corruption, severity,
             lambda_setting, attack, epsilon)
 );
@@ -170,7 +182,32 @@ def _check_values(values: Mapping[str, Any]) -> dict[str, Any]:
         out["extra"] = json.dumps(dict(extra), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise RobustCSCError(f"cell value extra cannot be written as JSON ({err}); pass plain numbers, strings, lists and dicts") from None
+    outcomes = values.get("outcomes")
+    if outcomes is None:
+        out["outcomes"] = None
+    else:
+        if not isinstance(outcomes, Outcomes):
+            raise RobustCSCError(f"cell value outcomes is a {type(outcomes).__name__}; pass an Outcomes (index, correct)")
+        # The per-example record must be the cell's own count: a mismatch is a bug, never stored.
+        if outcomes.n != out["n"] or outcomes.count != out["correct"]:
+            raise RobustCSCError(
+                f"cell outcomes hold {outcomes.count} of {outcomes.n} correct but the cell says {out['correct']} of {out['n']}; "
+                "pass the outcomes of the same examples"
+            )
+        out["outcomes"] = outcomes.to_json()
+    version = values.get("code_version")
+    if version is None:
+        version = _code_version()
+    if not isinstance(version, str) or not version:
+        raise RobustCSCError(f"cell value code_version is {version!r}; pass a version string or leave it out")
+    out["code_version"] = version
     return out
+
+
+def _code_version() -> str:
+    from robust_csc import __version__  # late: the package imports this module's users
+
+    return __version__
 
 
 _FILTERABLE = KEY_COLUMNS
@@ -220,6 +257,8 @@ class ResultsStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
+        # Columns this file has: a schema-1 store that could not be upgraded (read-only) lacks _V2_COLUMNS.
+        self._values: tuple[str, ...] = VALUE_COLUMNS
         if self.path.is_dir():
             raise RobustCSCError(f"{self.path} is a folder; pass a file name for the results store, such as {self.path / 'results.sqlite'}")
         existing = self.path.exists() and self.path.stat().st_size > 0
@@ -240,6 +279,8 @@ class ResultsStore:
                 if existing:
                     raise RobustCSCError(f"{self.path} is not a robust-csc results store (an SQLite database without its tables); pass a new file name")
                 self._create(conn)
+            else:
+                self._upgrade(conn)
             # A no-op for a store already in WAL mode; only done once the file is known to be ours.
             conn.execute("PRAGMA journal_mode=WAL")
         except RobustCSCError:
@@ -290,8 +331,39 @@ class ResultsStore:
             raise RobustCSCError(
                 f"{self.path} is a results store of schema version {version}, newer than this robust-csc's {SCHEMA_VERSION}; upgrade robust-csc"
             )
-        # Versions older than ours would be migrated here; version 1 is the first.
         return True
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        return int(dict(conn.execute("SELECT key, value FROM meta").fetchall())["schema_version"])
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Bring a schema-1 store to schema 2 (two added columns), in one transaction.
+
+        A store that cannot be written (a read-only file or folder) stays as it
+        is and is read as schema 1: its cells have no outcomes and no version.
+        """
+        if self._schema_version(conn) >= SCHEMA_VERSION:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            self._values = tuple(c for c in VALUE_COLUMNS if c not in _V2_COLUMNS)
+            return
+        try:
+            if self._schema_version(conn) < SCHEMA_VERSION:  # another process may have upgraded it meanwhile
+                present = {row[1] for row in conn.execute("PRAGMA table_info(cells)")}
+                for column in _V2_COLUMNS:
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE cells ADD COLUMN {column} TEXT")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError:  # read-only: the write failed, nothing changed
+            conn.execute("ROLLBACK")
+            self._values = tuple(c for c in VALUE_COLUMNS if c not in _V2_COLUMNS)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _create(self, conn: sqlite3.Connection) -> None:
         """Create the tables of an empty database, or accept the store another process just created.
@@ -358,8 +430,8 @@ class ResultsStore:
         return row is not None
 
     def get(self, cell_key: CellKey) -> dict[str, Any] | None:
-        """The stored cell as a dict (identity and values, extra decoded), or None."""
-        columns = KEY_COLUMNS + VALUE_COLUMNS
+        """The stored cell as a dict (identity and values, extra decoded, outcomes as JSON text or None), or None."""
+        columns = KEY_COLUMNS + self._values
         row = self._db.execute(
             f"SELECT {', '.join(columns)} FROM cells WHERE {self._KEY_MATCH}", self._key(cell_key)
         ).fetchone()
@@ -367,24 +439,42 @@ class ResultsStore:
             return None
         out = dict(zip(columns, row))
         out["extra"] = json.loads(out["extra"])
+        for column in _V2_COLUMNS:
+            out.setdefault(column, None)
         return out
 
-    def add(self, cell_key: CellKey, values: Mapping[str, Any]) -> bool:
-        """Insert one cell and commit it; True if inserted, False if it was already there.
+    def outcomes(self, cell_key: CellKey) -> Outcomes | None:
+        """The cell's per-example outcomes; None for a missing cell or one stored without them."""
+        row = self.get(cell_key)
+        if row is None or row["outcomes"] is None:
+            return None
+        return Outcomes.from_json(row["outcomes"], f"the stored cell {cell_key}")
 
-        An existing cell is never changed: the first values stay.
-        values holds n, correct, seconds and optionally mean_recon_error,
-        mean_code_density and extra (a dict of JSON values).
+    def add(self, cell_key: CellKey, values: Mapping[str, Any], *, replace: bool = False) -> bool:
+        """Write one cell and commit it; True if written, False if it was already there (and not replaced).
+
+        Without replace an existing cell is never changed: the first values
+        stay.  With replace (recomputing a cell, or the worst case of attacks
+        growing with a new attack) the stored values are overwritten in one
+        statement.  values holds n, correct, seconds and optionally
+        mean_recon_error, mean_code_density, extra (a dict of JSON values),
+        outcomes (an Outcomes of the same n and count) and code_version
+        (default: this robust-csc's version).
         """
         key = self._key(cell_key)
         checked = _check_values(values)
+        if self._values != VALUE_COLUMNS:
+            raise RobustCSCError(f"{self.path} is a schema-1 results store that could not be upgraded (read-only); make it writable or use a new store")
         checked["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         columns = KEY_COLUMNS + VALUE_COLUMNS
         row = key + tuple(checked[name] for name in VALUE_COLUMNS)
+        conflict = "DO NOTHING"
+        if replace:
+            conflict = f"({', '.join(KEY_COLUMNS)}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in VALUE_COLUMNS)
         # Autocommit mode: this one statement is one transaction, committed on return.
         try:
             cursor = self._db.execute(
-                f"INSERT INTO cells ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
+                f"INSERT INTO cells ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT {conflict}",
                 row,
             )
         except sqlite3.OperationalError as err:  # locked past the busy timeout, disk full, read-only
@@ -410,14 +500,19 @@ class ResultsStore:
     def to_frame(self, **filters: Any):
         """The matching cells as a pandas DataFrame, one row per cell, with accuracy = correct / n.
 
-        extra stays JSON text. Rows are ordered by insertion.
+        extra and outcomes stay JSON text (Outcomes.from_json reads the latter;
+        None for a cell stored without them). Rows are ordered by insertion.
         """
         import pandas as pd  # only here: opening and filling a store needs no pandas
 
-        columns = KEY_COLUMNS + VALUE_COLUMNS
+        columns = KEY_COLUMNS + self._values
         where, params = _where(filters)
         rows = self._db.execute(f"SELECT {', '.join(columns)} FROM cells{where} ORDER BY id", params).fetchall()
         frame = pd.DataFrame.from_records(rows, columns=list(columns))
+        for column in _V2_COLUMNS:
+            if column not in frame:
+                frame[column] = None
+        frame = frame[list(KEY_COLUMNS + VALUE_COLUMNS)]
         frame = frame.astype(
             {
                 "severity": "int64",

@@ -366,8 +366,33 @@ def _summary(b: _Builder, cells: Cells, reference: Cells, baseline) -> Section:
             f"mCE needs the baseline {baseline} on the same data set and split at its trained lambdas; "
             f"it is missing for: {'; '.join(notes)}."
         ))
-    intro = "The headline numbers of every model: clean and corruption accuracy, mCE and robust accuracy."
+    comparisons = T.comparisons(cells, baseline, reference=reference)
+    if not comparisons.frame.empty:
+        items.append(b.table(comparisons))
+    items.extend(b.note(text) for text in _provenance_notes(cells))
+    intro = ("The headline numbers of every model with their 95% intervals: clean and corruption accuracy, mCE and "
+             "robust accuracy; then every paired difference with its significance.")
     return Section("summary", "Summary across models", intro, items)
+
+
+def _provenance_notes(cells: Cells) -> list[str]:
+    """Cells without per-example outcomes (said once), and series whose cells come from several versions."""
+    from robust_csc.reports.uncertainty import versions_of
+
+    frame = cells.frame
+    notes = []
+    legacy = int(frame["outcomes"].isna().sum())
+    if legacy:
+        notes.append(
+            f"{legacy} cells were stored without per-example outcomes (robust-csc < 0.2): they have Wilson intervals "
+            "but no bootstrap intervals or paired tests; rerun them with --recompute to get both."
+        )
+    for series in series_of(frame):
+        versions = versions_of(series.rows(frame))
+        if len(versions) > 1:
+            notes.append(f"{series.title()} mixes cells computed by robust-csc {', '.join(versions)}; rerun it with "
+                         "--recompute so that every number comes from one version.")
+    return notes
 
 
 def _corruptions(b: _Builder, cells: Cells) -> list[Section]:
@@ -470,7 +495,9 @@ def _tuning(b: _Builder, cells: Cells) -> Section:
         section.items.append(b.note("No lambda tuning cells in the store: run robust-csc tune-lambda to fill this section."))
         return section
     if not cells.policy.empty:
-        section.items.append(b.table(T.tuning(cells)))
+        notes: list[str] = []
+        section.items.append(b.table(T.tuning(cells, notes)))
+        section.items.extend(b.note(text) for text in notes)
         for series in series_of(cells.policy):
             rows = series.rows(cells.policy)
             figure = plots.chosen_lambda_vs_noise(rows, series.title())

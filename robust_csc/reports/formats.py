@@ -1,8 +1,10 @@
 """Writing a Table as CSV (raw numbers), Markdown and LaTeX (booktabs) with the same bytes on every run.
 
 CSV keeps the store's fractions at full precision (pandas writes the shortest
-repr that reads back exactly). Markdown and LaTeX print accuracies as
-percentages with two decimals and checkpoints as their first 8 hex digits.
+repr that reads back exactly), and every interval as two columns. Markdown,
+LaTeX and HTML print accuracies as percentages with one decimal, each with its
+interval ("85.3 [82.1, 88.0]", or "85.3 ±2.9" in wide grids), and
+checkpoints as their first 8 hex digits.
 Markdown is formatted here because DataFrame.to_markdown needs `tabulate`,
 which the project does not install; LaTeX comes from pandas' Styler.to_latex
 (jinja2, installed with torch).
@@ -16,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from robust_csc.atomic import atomic_write
-from robust_csc.reports.tables import INTEGER, LAMBDA, PERCENT, POINTS, RATIO, Table
+from robust_csc.evaluation.stats import format_p
+from robust_csc.reports.tables import INTEGER, LAMBDA, PERCENT, POINTS, PVALUE, RATIO, Table
 
 SHA_COLUMN = "checkpoint_sha256"
 
@@ -31,9 +34,11 @@ def format_value(value, kind: str, column: str, na: str) -> str:
     if column == SHA_COLUMN:
         return str(value)[:8]
     if kind == PERCENT:
-        return f"{float(value) * 100:.2f}"
+        return f"{float(value) * 100:.1f}"
     if kind == POINTS:
-        return f"{float(value) * 100:+.2f}"
+        return f"{float(value) * 100:+.1f}"
+    if kind == PVALUE:
+        return format_p(float(value))
     if kind == LAMBDA:
         return f"{float(value):.3g}"
     if kind == INTEGER:
@@ -43,19 +48,39 @@ def format_value(value, kind: str, column: str, na: str) -> str:
     return str(value)
 
 
+def with_interval(text: str, value, low, high, kind: str, style: str) -> str:
+    """text followed by its interval: " [lo, hi]" or " ±h" (h half the interval), in the value's unit."""
+    if _missing(value) or _missing(low) or _missing(high):
+        return text
+    if style == "pm":
+        return f"{text} ±{(float(high) - float(low)) * 50:.1f}"
+    if kind == POINTS:
+        return f"{text} [{float(low) * 100:+.1f}, {float(high) * 100:+.1f}]"
+    return f"{text} [{float(low) * 100:.1f}, {float(high) * 100:.1f}]"
+
+
 def display_frame(table: Table, na: str) -> pd.DataFrame:
-    """Every cell as the text a person reads; the index (if shown) becomes the first column."""
+    """Every cell as the text a person reads; the index (if shown) becomes the first column; an interval is
+    printed with its value and its bound columns are not shown."""
     frame = table.frame.reset_index() if table.index else table.frame
+    hidden = {bound for bounds in table.intervals.values() for bound in bounds}
     out = {}
     for column in frame.columns:
+        if column in hidden:
+            continue
         kind = table.kinds.get(column, "text")
         header = "checkpoint" if column == SHA_COLUMN else str(column)
-        out[header] = [format_value(v, kind, column, na) for v in frame[column]]
+        texts = [format_value(v, kind, column, na) for v in frame[column]]
+        if column in table.intervals:
+            low, high = table.intervals[column]
+            texts = [with_interval(t, v, lo, hi, kind, table.interval_style)
+                     for t, v, lo, hi in zip(texts, frame[column], frame[low], frame[high])]
+        out[header] = texts
     return pd.DataFrame(out, columns=list(out))
 
 
 def numeric_columns(table: Table) -> set[str]:
-    return {str(c) for c, kind in table.kinds.items() if kind in (PERCENT, POINTS, LAMBDA, INTEGER, RATIO)}
+    return {str(c) for c, kind in table.kinds.items() if kind in (PERCENT, POINTS, LAMBDA, INTEGER, RATIO, PVALUE)}
 
 
 def to_csv(table: Table) -> str:

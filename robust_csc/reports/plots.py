@@ -260,6 +260,8 @@ def accuracy_vs_noise_level(frame: pd.DataFrame, title: str) -> Figure:
     for i, setting in enumerate(dict.fromkeys(frame["lambda_setting"])):
         rows = frame[frame["lambda_setting"] == setting].sort_values("level")
         ax.plot(rows["level"], rows["accuracy"], marker="o", markersize=3, color=f"C{i % 10}", label=f"lambda {setting}")
+        if {"low", "high"} <= set(rows.columns):  # the 95% Wilson band of every point
+            ax.fill_between(rows["level"], rows["low"], rows["high"], color=f"C{i % 10}", alpha=0.15, linewidth=0)
     kinds = sorted(set(frame["kind"]))
     ax.set_xlabel(f"{' / '.join(kinds)} noise level")
     ax.set_ylabel("accuracy")

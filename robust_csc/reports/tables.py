@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from robust_csc.errors import RobustCSCError
+from robust_csc.corruptions.names import COMMON
 from robust_csc.evaluation.metrics import SEVERITIES, accuracy_table, corruption_errors, summary
+from robust_csc.reports.uncertainty import (
+    mce_interval,
+    mean_bounds,
+    paired_difference,
+    versions_of,
+    wilson_bounds,
+)
 from robust_csc.reports.cells import (
     CLEAN,
     TRAINED,
@@ -27,11 +35,13 @@ from robust_csc.reports.cells import (
     corruption_order,
     format_epsilon,
     lambda_order,
+    report_split,
     series_of,
 )
 
 # How the Markdown / LaTeX files print a column (the CSV keeps the raw numbers).
 PERCENT, POINTS, LAMBDA, INTEGER, RATIO, TEXT = "percent", "points", "lambda", "integer", "ratio", "text"
+PVALUE = "p-value"
 
 
 @dataclass
@@ -45,22 +55,59 @@ class Table:
     kinds: dict = field(default_factory=dict)  # column -> PERCENT | POINTS | LAMBDA | INTEGER | RATIO | TEXT
     index: bool = False  # whether the frame's index is a column of the table (the corruption tables)
     formats: tuple = ("csv", "md", "tex")
+    # column -> (low column, high column): its 95% interval. The CSV keeps the bounds as columns; Markdown,
+    # LaTeX and HTML print "v [lo, hi]" ("brackets") or "v ±h", h half the interval ("pm", for wide grids).
+    intervals: dict = field(default_factory=dict)
+    interval_style: str = "brackets"
+
+
+def with_bounds(frame: pd.DataFrame, column: str, low, high) -> dict:
+    """Add column's interval as f"{column} low" / f"{column} high" after it; the Table.intervals entry."""
+    position = list(frame.columns).index(column) + 1
+    frame.insert(position, f"{column} low", low)
+    frame.insert(position + 1, f"{column} high", high)
+    return {column: (f"{column} low", f"{column} high")}
 
 
 # ---------------------------------------------------------------- per series: corruption x severity
 
 
-def severity_table(rows: pd.DataFrame, series: Series) -> pd.DataFrame:
-    """Accuracy per corruption (rows, Hendrycks' order then the extras) and severity 1..5 and mean, plus a mean row.
+def severity_table(rows: pd.DataFrame, series: Series) -> tuple[pd.DataFrame, dict]:
+    """Accuracy per corruption (rows, Hendrycks' order then the extras) and severity 1..5 and mean, plus a mean row,
+    each value followed by its 95% interval (Wilson for a cell, a bootstrap over images for a mean).
 
-    A missing cell is NaN, and so is any mean that would need it.
+    A missing cell is NaN, and so is any mean that would need it.  Returns (frame, Table.intervals).
     """
     table = accuracy_table(rows, series.model)
     table.columns = [str(c) for c in table.columns]
     table.columns.name = None
-    if not table.empty:
-        table.loc["mean"] = table.mean(axis=0, skipna=False)
-    return table
+    if table.empty:
+        return table, {}
+    table.loc["mean"] = table.mean(axis=0, skipna=False)
+    corrupted = rows[rows["corruption"] != CLEAN]
+    bounds = {}
+    for column in list(table.columns):
+        low, high = [], []
+        for corruption in table.index:
+            part = corrupted if corruption == "mean" else corrupted[corrupted["corruption"] == corruption]
+            if column != "mean":
+                part = part[part["severity"] == int(column)]
+            if part.empty or math.isnan(table.loc[corruption, column]):
+                low.append(math.nan)
+                high.append(math.nan)
+            elif len(part) == 1:
+                lo, hi = wilson_bounds(part)
+                low.append(lo[0])
+                high.append(hi[0])
+            else:
+                lo, hi = mean_bounds(part)
+                low.append(lo)
+                high.append(hi)
+        bounds[column] = (low, high)
+    intervals = {}
+    for column, (low, high) in bounds.items():
+        intervals.update(with_bounds(table, column, low, high))
+    return table, intervals
 
 
 def series_tables(cells: Cells) -> list[tuple[Series, Table]]:
@@ -68,15 +115,19 @@ def series_tables(cells: Cells) -> list[tuple[Series, Table]]:
     frame = cells.corruption
     for series in series_of(frame):
         rows = series.rows(frame)
-        table = severity_table(rows, series)
+        table, intervals = severity_table(rows, series)
         if table.empty:  # a clean cell only: it shows in the summary
             continue
         kinds = {c: PERCENT for c in table.columns}
+        sizes = sorted({int(n) for n in rows["n"]})
         about = (
-            "Accuracy on each corruption (rows, Hendrycks' order) at severities 1 to 5 and their mean; "
-            "the last row is the mean over the corruptions. A dash is a cell not in the store."
+            "Accuracy in % on each corruption (rows, Hendrycks' order) at severities 1 to 5 and their mean; "
+            f"the last row is the mean over the corruptions. n = {sizes[0] if len(sizes) == 1 else sizes} images per "
+            "cell; ± is half the 95% interval (Wilson for a cell, a bootstrap over images for a mean; the CSV has "
+            "both bounds). A dash is a cell not in the store."
         )
-        out.append((series, Table(f"corruptions__{series.slug()}", series.title(), about, table, kinds, index=True)))
+        out.append((series, Table(f"corruptions__{series.slug()}", series.title(), about, table, kinds, index=True,
+                                  intervals=intervals, interval_style="pm")))
     return out
 
 
@@ -100,7 +151,7 @@ def _baseline_series(frame: pd.DataFrame, baseline: str, series: Series) -> Seri
 
 
 def _mce(frame: pd.DataFrame, base_frame: pd.DataFrame, series: Series, baseline: str | None, notes: list[str]) -> dict:
-    out = {"mce": math.nan, "relative_mce": math.nan, "ce_mean_run": math.nan}
+    out = {"mce": math.nan, "mce low": math.nan, "mce high": math.nan, "relative_mce": math.nan, "ce_mean_run": math.nan}
     if baseline is None:
         return out
     base = _baseline_series(base_frame, baseline, series)
@@ -116,11 +167,24 @@ def _mce(frame: pd.DataFrame, base_frame: pd.DataFrame, series: Series, baseline
         return out
     ce = errors.ce.dropna()
     out.update(mce=errors.mce, relative_mce=errors.relative_mce, ce_mean_run=float(ce.mean()) if len(ce) else math.nan)
+    if not math.isnan(errors.mce):
+        out["mce low"], out["mce high"] = mce_interval(series.rows(frame), base.rows(base_frame), list(COMMON))
     return out
 
 
+def _interval_of(rows: pd.DataFrame) -> tuple[float, float]:
+    """Wilson for one cell, a bootstrap over images for a mean of several, NaN for none."""
+    if rows.empty:
+        return math.nan, math.nan
+    if len(rows) == 1:
+        low, high = wilson_bounds(rows)
+        return low[0], high[0]
+    return mean_bounds(rows)
+
+
 def corruption_summary(cells: Cells, baseline: str | None, notes: list[str], reference: Cells | None = None) -> pd.DataFrame:
-    """One row per corruption series: clean accuracy, the means, mCE against the baseline (looked up in reference)."""
+    """One row per corruption series: clean accuracy, the means, mCE against the baseline (looked up in reference),
+    each with its 95% interval columns ("<column> low", "<column> high")."""
     frame = cells.corruption
     base_frame = (reference or cells).corruption
     records = []
@@ -128,32 +192,43 @@ def corruption_summary(cells: Cells, baseline: str | None, notes: list[str], ref
         rows = series.rows(frame)
         figures = summary(rows, series.model)
         mean_run, n_run = _cells_mean(rows)
-        records.append(
-            {
-                "model": series.model,
-                "checkpoint_sha256": series.checkpoint_sha256,
-                "lambda_setting": series.lambda_setting,
-                "corruption_data": series.data,
-                "clean": figures["clean_accuracy"],
-                "cells_run": n_run,
-                "mean_cells_run": mean_run,
-                "mean_75": figures["mean_accuracy_75"],
-                "severity5_mean": figures["severity5_accuracy"],
-                **_mce(frame, base_frame, series, baseline, notes),
-            }
-        )
+        corrupted = rows[rows["corruption"] != CLEAN]
+        common = corrupted[corrupted["corruption"].isin(COMMON)]
+        complete = not math.isnan(figures["mean_accuracy_75"])
+        record = {
+            "model": series.model,
+            "checkpoint_sha256": series.checkpoint_sha256,
+            "lambda_setting": series.lambda_setting,
+            "corruption_data": series.data,
+            "n": int(rows["n"].max()),
+            "clean": figures["clean_accuracy"],
+            "cells_run": n_run,
+            "mean_cells_run": mean_run,
+            "mean_75": figures["mean_accuracy_75"],
+            "severity5_mean": figures["severity5_accuracy"],
+            **_mce(frame, base_frame, series, baseline, notes),
+        }
+        for column, part in (("clean", rows[rows["corruption"] == CLEAN]), ("mean_cells_run", corrupted),
+                             ("mean_75", common if complete else corrupted.iloc[0:0]),
+                             ("severity5_mean", common[common["severity"] == 5] if complete else corrupted.iloc[0:0])):
+            record[f"{column} low"], record[f"{column} high"] = _interval_of(part)
+        records.append(record)
     return pd.DataFrame.from_records(records, columns=_SUMMARY_COLUMNS)
 
 
+_INTERVAL_COLUMNS = ("clean", "mean_cells_run", "mean_75", "severity5_mean", "mce")
 _SUMMARY_COLUMNS = [
-    "model", "checkpoint_sha256", "lambda_setting", "corruption_data", "clean", "cells_run",
-    "mean_cells_run", "mean_75", "severity5_mean", "mce", "relative_mce", "ce_mean_run",
+    "model", "checkpoint_sha256", "lambda_setting", "corruption_data", "n",
+    "clean", "clean low", "clean high", "cells_run",
+    "mean_cells_run", "mean_cells_run low", "mean_cells_run high", "mean_75", "mean_75 low", "mean_75 high",
+    "severity5_mean", "severity5_mean low", "severity5_mean high", "mce", "mce low", "mce high", "relative_mce",
+    "ce_mean_run",
 ]
 _SUMMARY_KINDS = {
-    "model": TEXT, "checkpoint_sha256": TEXT, "lambda_setting": TEXT, "corruption_data": TEXT,
+    "model": TEXT, "checkpoint_sha256": TEXT, "lambda_setting": TEXT, "corruption_data": TEXT, "n": INTEGER,
     "clean": PERCENT, "cells_run": INTEGER, "mean_cells_run": PERCENT, "mean_75": PERCENT,
     "severity5_mean": PERCENT, "mce": PERCENT, "relative_mce": PERCENT, "ce_mean_run": PERCENT,
-    "attack_data": TEXT,
+    "attack_data": TEXT, "attack_n": INTEGER, "evaluation": TEXT,
 }
 
 
@@ -168,9 +243,28 @@ def attack_columns(frame: pd.DataFrame) -> list[tuple[str, float]]:
     return sorted(pairs, key=lambda pair: (attack_order(pair[0]), pair[1]))
 
 
-def robustness_table(cells: Cells) -> pd.DataFrame:
-    """One row per attacked series; a column per (attack, epsilon): robust accuracy; the checks that passed."""
-    frame = cells.attack
+def _own_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Attack cells that carry a figure of their own: not the sanity checks' cells (run on a few points only)."""
+    if frame.empty:
+        return frame
+    return frame[~frame["attack"].map(lambda a: attack_norm(a)[0].endswith("~check")).astype(bool)]
+
+
+def _grade(rows: pd.DataFrame) -> str:
+    """What the series' worst case is: AutoAttack-grade or an upper bound (as the attack runner recorded it)."""
+    from robust_csc.attacks.record import evaluation_grade
+
+    worst = rows[rows["attack"].map(lambda a: attack_norm(a)[0] == WORST_CASE).astype(bool)]
+    grades = {str(e.get("grade")) for e in worst["extras"] if e.get("grade")}
+    if len(grades) == 1:
+        return grades.pop()
+    return evaluation_grade(rows["attack"])[1]
+
+
+def robustness_table(cells: Cells) -> tuple[pd.DataFrame, dict]:
+    """One row per attacked series; a column per (attack, epsilon): robust accuracy and its Wilson interval;
+    what the worst case is (evaluation); the checks that passed.  Returns (frame, Table.intervals)."""
+    frame = _own_cells(cells.attack)
     pairs = attack_columns(frame)
     records = []
     for series in series_of(frame):
@@ -180,10 +274,16 @@ def robustness_table(cells: Cells) -> pd.DataFrame:
             "checkpoint_sha256": series.checkpoint_sha256,
             "lambda_setting": series.lambda_setting,
             "attack_data": series.data,
+            "attack_n": int(rows["n"].max()),
+            "evaluation": _grade(rows),
         }
-        by_pair = {(a, e): acc for a, e, acc in zip(rows["attack"], rows["epsilon"], rows["accuracy"])}
+        by_pair = {(a, e): r for a, e, (_, r) in zip(rows["attack"], rows["epsilon"], rows.iterrows())}
         for attack, epsilon in pairs:
-            record[attack_column(attack, epsilon)] = by_pair.get((attack, epsilon), math.nan)
+            column = attack_column(attack, epsilon)
+            row = by_pair.get((attack, epsilon))
+            record[column] = math.nan if row is None else row["accuracy"]
+            low, high = (math.nan, math.nan) if row is None else _interval_of(row.to_frame().T)
+            record[f"{column} low"], record[f"{column} high"] = low, high
         passed = total = 0
         for attack, extras in zip(rows["attack"], rows["extras"]):
             if attack_norm(attack)[0] != WORST_CASE:
@@ -193,15 +293,26 @@ def robustness_table(cells: Cells) -> pd.DataFrame:
                 passed += bool(isinstance(check, dict) and check.get("passed"))
         record["checks_passed"] = f"{passed}/{total}" if total else ""
         records.append(record)
-    columns = ["model", "checkpoint_sha256", "lambda_setting", "attack_data"]
-    columns += [attack_column(a, e) for a, e in pairs] + ["checks_passed"]
-    return pd.DataFrame.from_records(records, columns=columns)
+    columns = ["model", "checkpoint_sha256", "lambda_setting", "attack_data", "attack_n", "evaluation"]
+    intervals = {}
+    for attack, epsilon in pairs:
+        column = attack_column(attack, epsilon)
+        columns += [column, f"{column} low", f"{column} high"]
+        intervals[column] = (f"{column} low", f"{column} high")
+    columns.append("checks_passed")
+    return pd.DataFrame.from_records(records, columns=columns), intervals
 
 
 def robustness_kinds(table: pd.DataFrame) -> dict:
     kinds = {c: PERCENT for c in table.columns}
-    kinds.update({c: TEXT for c in ("model", "checkpoint_sha256", "lambda_setting", "attack_data", "checks_passed")})
+    kinds.update({c: TEXT for c in ("model", "checkpoint_sha256", "lambda_setting", "attack_data", "checks_passed",
+                                    "evaluation")})
+    kinds["attack_n"] = INTEGER
     return kinds
+
+
+def _summary_intervals(columns) -> dict:
+    return {c: (f"{c} low", f"{c} high") for c in columns if f"{c} low" in columns and not c.endswith((" low", " high"))}
 
 
 def summary_table(cells: Cells, baseline: str | None, notes: list[str], reference: Cells | None = None) -> Table:
@@ -211,7 +322,8 @@ def summary_table(cells: Cells, baseline: str | None, notes: list[str], referenc
     a model evaluated on two corruption splits gets a row per split.
     """
     corr = corruption_summary(cells, baseline, notes, reference)
-    attacks = robustness_table(cells).drop(columns=["checks_passed"])
+    attacks, _ = robustness_table(cells)
+    attacks = attacks.drop(columns=["checks_passed"])
     keys = ["model", "checkpoint_sha256", "lambda_setting"]
     if attacks.empty:
         table = corr.assign(attack_data=pd.Series(dtype="object"))
@@ -226,42 +338,63 @@ def summary_table(cells: Cells, baseline: str | None, notes: list[str], referenc
     table = table.iloc[order].reset_index(drop=True)
     kinds = {c: _SUMMARY_KINDS.get(c, PERCENT) for c in table.columns}
     about = (
-        "One row per model, checkpoint and lambda setting. clean: clean accuracy; mean_cells_run: mean accuracy over "
-        "the corruption cells in the store (cells_run of them); mean_75: RobustBench's mean over the 15 common "
-        "corruptions x 5 severities; severity5_mean: the mean at severity 5; mce / relative_mce: Hendrycks' mCE "
-        "against the baseline (needs all 15 common corruptions), ce_mean_run: the mean CE over the corruptions run; "
-        "the other columns: robust accuracy per attack, norm and epsilon on attack_data. A dash: not in the store."
+        "One row per model, checkpoint and lambda setting; accuracies in % with their 95% interval in brackets "
+        "(Wilson for one cell, a bootstrap over images for a mean, paired with the baseline for mCE); n: images per "
+        "cell. clean: clean accuracy; mean_cells_run: mean accuracy over the corruption cells in the store "
+        "(cells_run of them); mean_75: RobustBench's mean over the 15 common corruptions x 5 severities; "
+        "severity5_mean: the mean at severity 5; mce / relative_mce: Hendrycks' mCE against the baseline (needs all "
+        "15 common corruptions), ce_mean_run: the mean CE over the corruptions run; the other columns: robust "
+        "accuracy per attack, norm and epsilon on attack_data (attack_n points), evaluation: whether the worst case "
+        "is AutoAttack-grade or an upper bound. A dash: not in the store."
     )
-    return Table("summary", "Clean, corruption and adversarial accuracy per model", about, table, kinds)
+    return Table("summary", "Clean, corruption and adversarial accuracy per model", about, table, kinds,
+                 intervals=_summary_intervals(list(table.columns)))
 
 
 def robustness(cells: Cells) -> Table:
-    table = robustness_table(cells)
+    table, intervals = robustness_table(cells)
     about = (
-        "Robust accuracy (the fraction of examples still classified correctly under attack) per attack, norm and "
-        "epsilon; worst-case counts an example as robust only if it survived every attack run at that budget. "
+        "Robust accuracy in % (the fraction of examples still classified correctly under attack) with its 95% Wilson "
+        "interval, per attack (each run on its own on every clean-correct point), norm and epsilon; worst-case counts "
+        "an example as robust only if it survived every attack ever run on it at that budget (the sanity checks' "
+        "stronger attack and the adaptive attacks included). evaluation: AutoAttack-grade or an upper bound. "
         "checks_passed: the attack runner's sanity checks that passed."
     )
-    return Table("robustness", "Robust accuracy per attack and epsilon", about, table, robustness_kinds(table))
+    return Table("robustness", "Robust accuracy per attack and epsilon", about, table, robustness_kinds(table),
+                 intervals=intervals)
 
 
 # ---------------------------------------------------------------- lambda tuning
 
 
-def tuning_frame(cells: Cells) -> pd.DataFrame:
-    """Per policy and cell of a reporting split: the chosen lambda and the accuracy against the trained lambdas."""
+def tuning_frame(cells: Cells, notes: list[str] | None = None) -> pd.DataFrame:
+    """Per policy and cell of a reporting split: the chosen lambda, the accuracy at the trained lambdas and at the
+    chosen one, and the gain with its paired interval, exact McNemar p-value and verdict.
+
+    Policy cells on any other split were scored on images that may have chosen them: they are left out and named
+    in notes.
+    """
     frame = cells.corruption
     policy = cells.policy
     records = []
     for series in series_of(policy):
+        if report_split(series.split) is None:
+            if notes is not None:
+                notes.append(f"{series.model} {series.lambda_setting} on {series.data}: not a reporting split, so the "
+                             "policy may have been chosen on these images; left out of the tuning table")
+            continue
         trained = Series(series.model, series.checkpoint_sha256, series.dataset, series.split, TRAINED).rows(frame)
-        trained_acc = {(c, s): a for c, s, a in zip(trained["corruption"], trained["severity"], trained["accuracy"])}
+        trained_cells = {(c, int(s)): r for c, s, (_, r) in zip(trained["corruption"], trained["severity"], trained.iterrows())}
         rows = series.rows(policy)
         order = {c: i for i, c in enumerate(corruption_order(rows["corruption"]))}
         ordered = sorted(rows.itertuples(index=False), key=lambda r: (order[r.corruption], r.severity))
         for row in ordered:
             extras = row.extras
-            base = trained_acc.get((row.corruption, row.severity), math.nan)
+            base = trained_cells.get((row.corruption, int(row.severity)))
+            difference = None
+            if base is not None:
+                difference = paired_difference(pd.DataFrame([row._asdict()]), base.to_frame().T)
+            gain = row.accuracy - base["accuracy"] if base is not None else math.nan
             records.append(
                 {
                     "model": series.model,
@@ -272,27 +405,115 @@ def tuning_frame(cells: Cells) -> pd.DataFrame:
                     "layers": str(extras.get("layers", "")),
                     "corruption": "clean" if row.corruption == CLEAN else row.corruption,
                     "severity": int(row.severity),
+                    "n": int(row.n),
                     "lambda": chosen_lambda(extras),
-                    "acc_trained": base,
+                    "acc_trained": base["accuracy"] if base is not None else math.nan,
                     "acc_tuned": row.accuracy,
-                    "gain": row.accuracy - base,
+                    "gain": gain,
+                    "gain low": difference.low if difference else math.nan,
+                    "gain high": difference.high if difference else math.nan,
+                    "p_value": difference.p_value if difference else math.nan,
+                    "verdict": verdict(difference),
                 }
             )
-    columns = ["model", "checkpoint_sha256", "data", "policy", "rule", "layers", "corruption", "severity",
-               "lambda", "acc_trained", "acc_tuned", "gain"]
+    columns = ["model", "checkpoint_sha256", "data", "policy", "rule", "layers", "corruption", "severity", "n",
+               "lambda", "acc_trained", "acc_tuned", "gain", "gain low", "gain high", "p_value", "verdict"]
     return pd.DataFrame.from_records(records, columns=columns)
 
 
-def tuning(cells: Cells) -> Table:
-    table = tuning_frame(cells)
+def verdict(difference) -> str:
+    """'significant' / 'not significant' at 5%, or why there is no test."""
+    if difference is None:
+        return "no paired test (no per-example outcomes)"
+    return "significant" if difference.significant else "not significant"
+
+
+def tuning(cells: Cells, notes: list[str] | None = None) -> Table:
+    table = tuning_frame(cells, notes)
     kinds = {c: TEXT for c in table.columns}
-    kinds.update(severity=INTEGER, acc_trained=PERCENT, acc_tuned=PERCENT, gain=POINTS, **{"lambda": LAMBDA})
+    kinds.update(severity=INTEGER, n=INTEGER, acc_trained=PERCENT, acc_tuned=PERCENT, gain=POINTS, p_value=PVALUE,
+                 **{"lambda": LAMBDA})
     about = (
-        "Lambda chosen per cell on the tuning split, scored on the disjoint reporting split: lambda (for the "
-        "label-free recon rule, the mean over images), accuracy at the trained lambdas and at the chosen one, "
-        "and the gain (percentage points in the Markdown / LaTeX files, a fraction in the CSV)."
+        "Lambda chosen per cell on the tuning split, scored on the disjoint reporting split only: lambda (for the "
+        "label-free recon rule, the mean over images), accuracy at the trained lambdas and at the chosen one (%), and "
+        "the gain in percentage points with its 95% paired bootstrap interval over the same images and the exact "
+        "McNemar p-value; a gain marked 'not significant' is no evidence of a difference."
     )
-    return Table("lambda_tuning", "Chosen lambda and gain per cell", about, table, kinds)
+    return Table("lambda_tuning", "Chosen lambda and gain per cell (reporting split)", about, table, kinds,
+                 intervals={"gain": ("gain low", "gain high")})
+
+
+# ---------------------------------------------------------------- paired comparisons
+
+
+def comparisons(cells: Cells, baseline: str | None, reference: Cells | None = None) -> Table:
+    """Every paired difference the store supports, each with its interval, p-value and verdict:
+
+    - a lambda setting (or policy) against the trained lambdas of the same model on the same images;
+    - a model against the baseline on the same data set and split (clean, mean over the common cells);
+    - at each attack budget, each attack's own robust accuracy against the worst case (how much it overstates).
+    """
+    frame = cells.corruption
+    base_frame = (reference or cells).corruption
+    records: list[dict] = []
+
+    def add(what, a, b, data, metric, difference):
+        records.append({"comparison": what, "a": a, "b": b, "data": data, "metric": metric,
+                        "n": difference.n if difference else math.nan,
+                        "cells": difference.cells if difference else math.nan,
+                        "difference": difference.difference if difference else math.nan,
+                        "difference low": difference.low if difference else math.nan,
+                        "difference high": difference.high if difference else math.nan,
+                        "p_value": difference.p_value if difference else math.nan,
+                        "test": difference.test if difference else "", "verdict": verdict(difference)})
+
+    for series in series_of(frame):
+        rows = series.rows(frame)
+        corrupted = rows[rows["corruption"] != CLEAN]
+        if series.lambda_setting != TRAINED:
+            trained = Series(series.model, series.checkpoint_sha256, series.dataset, series.split, TRAINED).rows(frame)
+            if not trained.empty:
+                a = f"{series.model} λ {series.lambda_setting}"
+                b = f"{series.model} λ trained"
+                for metric, part in (("clean", rows[rows["corruption"] == CLEAN]), ("mean over the corruption cells", corrupted)):
+                    if not part.empty:
+                        add("lambda setting vs trained", a, b, series.data, metric,
+                            paired_difference(part, trained))
+        if baseline is not None and series.model != baseline and series.lambda_setting == TRAINED:
+            base = _baseline_series(base_frame, baseline, series)
+            if base is not None:
+                base_rows = base.rows(base_frame)
+                for metric, part in (("clean", rows[rows["corruption"] == CLEAN]), ("mean over the corruption cells", corrupted)):
+                    if not part.empty:
+                        add("model vs baseline", series.model, baseline, series.data, metric,
+                            paired_difference(part, base_rows))
+    attack_frame = _own_cells(cells.attack)
+    for series in series_of(attack_frame):
+        rows = series.rows(attack_frame)
+        worst = rows[rows["attack"].map(lambda a: attack_norm(a)[0] == WORST_CASE).astype(bool)]
+        for _, w in worst.iterrows():
+            norm = attack_norm(w["attack"])[1]
+            same = rows[(rows["epsilon"] == w["epsilon"]) & (rows["attack"] != w["attack"])
+                        & rows["attack"].map(lambda a, norm=norm: attack_norm(a)[1] == norm)]
+            for _, r in same.iterrows():
+                add("attack vs worst case", f"{attack_norm(r['attack'])[0]}", "worst case",
+                    f"{series.model} λ {series.lambda_setting}, {series.data}",
+                    f"robust accuracy, {norm} {format_epsilon(float(w['epsilon']), norm)}",
+                    paired_difference(r.to_frame().T, w.to_frame().T))
+    columns = ["comparison", "a", "b", "data", "metric", "n", "cells", "difference", "difference low", "difference high",
+               "p_value", "test", "verdict"]
+    table = pd.DataFrame.from_records(records, columns=columns)
+    kinds = {c: TEXT for c in columns}
+    kinds.update(n=INTEGER, cells=INTEGER, difference=POINTS, p_value=PVALUE)
+    about = (
+        "Paired differences a - b in percentage points on the same images, with the 95% interval (a paired bootstrap "
+        "over images; for a mean over cells, one draw of images serves every cell) and the p-value (exact McNemar "
+        "for one cell, the bootstrap for a mean). Only a difference marked 'significant' (p < 0.05) is evidence of a "
+        "gain or a loss. An attack's own figure minus the worst case is how much that attack alone overstates "
+        "robust accuracy."
+    )
+    return Table("comparisons", "Paired comparisons with significance", about, table, kinds,
+                 intervals={"difference": ("difference low", "difference high")})
 
 
 # ---------------------------------------------------------------- RobustBench's wide CSV

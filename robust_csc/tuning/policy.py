@@ -15,7 +15,12 @@ A policy is a lambda setting (robust_csc.lambdas.LambdaPolicyLike):
 
 The file also records the layers, grid, seed, split names, architecture,
 data set, reference lambda and the calibration points (per cell: the stem's
-mean reconstruction error at the reference lambda and the best grid value).
+mean reconstruction error at the reference lambda and the best grid value),
+and (version 2) the suite it was tuned on and the test-set indices of its
+tuning images.  A policy was fitted on data, so it may only be scored on
+images it never saw: ``scoring_plan`` restricts a suite to the policy's
+reporting split (or refuses another suite, profile or split), and
+``tune_index`` lets the harness check every scored batch.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import hashlib
 import json
 import math
 import numbers
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -33,13 +39,16 @@ from torch import nn
 from robust_csc.atomic import atomic_write
 from robust_csc.csc import select_csc_layers
 from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation.outcomes import decode_index
 from robust_csc.tuning.grid import check_layers, setting_for
 from robust_csc.tuning.rule import PER, ReconLambdaModel
+from robust_csc.tuning.splits import TuningSplit
 
 POLICY_FORMAT = "robust-csc lambda policy"
-POLICY_VERSION = 1
+POLICY_VERSION = 2
 RULES = ("grid", "recon")
-_META_FIELDS = ("layers", "grid", "seed", "splits", "arch", "checkpoint_sha256", "dataset", "reference_lambda")
+_META_FIELDS = ("layers", "grid", "seed", "splits", "arch", "checkpoint_sha256", "dataset", "reference_lambda", "suite",
+                "tune_index")
 
 
 def canonical_json(data: Mapping[str, Any]) -> str:
@@ -71,10 +80,109 @@ class LambdaPolicy:
         if not self.meta["grid"]:
             raise RobustCSCError("lambda policy has an empty grid; write it with tune-lambda")
         self.meta["reference_lambda"] = _number(self.meta["reference_lambda"], "reference_lambda")
+        self._check_suite()
+
+    def _check_suite(self) -> None:
+        suite, splits = self.meta["suite"], self.meta["splits"]
+        try:
+            ok = (
+                isinstance(suite, Mapping) and isinstance(suite["name"], str) and suite["name"] == self.meta["dataset"]
+                and isinstance(suite["images_per_cell"], int) and suite["images_per_cell"] >= 2
+                and isinstance(splits, Mapping) and isinstance(splits["tune"], str) and isinstance(splits["report"], str)
+                and isinstance(suite["corruptions"], list) and isinstance(suite["severities"], list)
+            )
+        except (KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise RobustCSCError("lambda policy's suite or split record is malformed; write it again with tune-lambda")
+        # The tuning images' test-set indices, in the store's index encoding (used by the harness's guard).
+        record = self.meta["tune_index"]
+        try:
+            self._tune_index = decode_index(record["index"], int(record["n"]))
+        except (KeyError, TypeError, ValueError, zlib.error):
+            raise RobustCSCError("lambda policy's tuning index is malformed; write it again with tune-lambda") from None
+        expected = suite["images_per_cell"] // 2
+        if self._tune_index.size != expected:
+            raise RobustCSCError(
+                f"lambda policy's tuning index holds {self._tune_index.size} images, not {expected}; write it again with tune-lambda"
+            )
 
     @property
     def layers(self) -> str:
         return self.meta["layers"]
+
+    # -- where it may be scored ---------------------------------------------------
+
+    @property
+    def suite_name(self) -> str:
+        return str(self.meta["dataset"])
+
+    @property
+    def tune_split(self) -> str:
+        return str(self.meta["splits"]["tune"])
+
+    @property
+    def report_split(self) -> str:
+        return str(self.meta["splits"]["report"])
+
+    @property
+    def split_base(self) -> str:
+        return self.report_split.rsplit(":report:", 1)[0]
+
+    @property
+    def tune_index(self):
+        """The test-set indices of the images the policy was tuned on (never to be scored)."""
+        return self._tune_index
+
+    def scoring_plan(self, suite_name: str, images_per_cell: int, split: str) -> str:
+        """"report" if (suite, split) already is the policy's reporting split, "restrict" if it is the whole
+        split the policy was tuned on (score only its reporting half), else a one-line refusal."""
+        if suite_name != self.suite_name:
+            raise RobustCSCError(
+                f"lambda policy {self.name} was tuned on the suite {self.suite_name} and this is {suite_name} "
+                "(another data set, corruption profile or seed); evaluate it on its own suite (the CLI takes it from the "
+                "policy when --suite, --dataset, --profile and --seed are left out)"
+            )
+        whole = self.meta["suite"]["images_per_cell"]
+        if split == self.report_split and images_per_cell == whole - whole // 2:
+            return "report"
+        if split == self.split_base and images_per_cell == whole:
+            return "restrict"
+        raise RobustCSCError(
+            f"lambda policy {self.name} was tuned on {self.tune_split} ({whole // 2} of {whole} images per cell) and "
+            f"may be scored only on its reporting split {self.report_split}; this run is split {split} with "
+            f"{images_per_cell} images per cell: leave --n-examples out (the CLI takes it from the policy)"
+        )
+
+    def reporting_split(self) -> TuningSplit:
+        """The halving the policy was tuned with (its .report positions are the scorable images)."""
+        return TuningSplit.of(self.meta["suite"]["images_per_cell"], self.split_base, int(self.meta["seed"]))
+
+    @property
+    def suite_options(self) -> dict[str, Any]:
+        """How the CLI builds the suite again: suite, dataset, profile, seed, n_examples ({} if not recorded)."""
+        options = self.meta["suite"].get("options")
+        return dict(options) if isinstance(options, Mapping) else {}
+
+    def base_dataset(self) -> str:
+        """The data set whose first images_per_cell test images the policy's suite corrupts."""
+        if self.suite_options.get("dataset"):
+            return str(self.suite_options["dataset"])
+        name = self.suite_name
+        if name == "imagenet-c" or "-c" not in name:
+            raise RobustCSCError(f"lambda policy {self.name} was tuned on {name}, whose clean images are not a test set's "
+                                 "first images; use it on its own suite with robust-csc evaluate")
+        return name.split("-c", 1)[0]
+
+    def reporting_images(self, clean: Any) -> Any:
+        """The reporting half of the clean images the policy's suite was made from (its first images_per_cell)."""
+        whole = int(self.meta["suite"]["images_per_cell"])
+        if len(clean) < whole:
+            raise RobustCSCError(f"the clean set has {len(clean)} images, fewer than the {whole} lambda policy {self.name} "
+                                 f"was tuned and reported on; pass the first {whole} test images of {self.base_dataset()}")
+        from torch.utils.data import Subset
+
+        return self.reporting_split().subset(Subset(clean, range(whole)), "report")
 
     @property
     def checkpoint_sha256(self) -> str:
@@ -183,10 +291,15 @@ class ReconPolicy(LambdaPolicy):
                "feature": "stem reconstruction error at reference_lambda"}
         return {"fit": fit, "calibration": self.calibration}
 
-    def wrap(self, model: nn.Module) -> ReconLambdaModel:
+    # The choice depends on the input: attacks must also adapt to it (robust_csc.attacks.adaptive).
+    input_adaptive = True
+
+    def wrap(self, model: nn.Module, mode: str = "full", anchors=None) -> ReconLambdaModel:
+        """The rule around model; mode "repick" / "fixed" (with the clean anchor images) are the
+        adaptive attacks' surrogates (robust_csc.tuning.rule)."""
         return ReconLambdaModel(
             model, slope=self.slope, intercept=self.intercept, clip=self.clip,
-            reference=self.meta["reference_lambda"], layers=self.layers, per=self.per,
+            reference=self.meta["reference_lambda"], layers=self.layers, per=self.per, mode=mode, anchors=anchors,
         )
 
     @contextlib.contextmanager
@@ -204,6 +317,11 @@ def policy_from_dict(data: Mapping[str, Any], source: str = "the lambda policy")
     """Rebuild a policy from its JSON content."""
     if not isinstance(data, Mapping) or data.get("format") != POLICY_FORMAT:
         raise RobustCSCError(f"{source} is not a robust-csc lambda policy; pass a file written by tune-lambda")
+    if data.get("version") == 1:
+        raise RobustCSCError(
+            f"{source} was written by robust-csc 0.1, which did not record the images it was tuned on, so it cannot be "
+            "scored without risking them; re-run tune-lambda"
+        )
     if data.get("version") != POLICY_VERSION:
         raise RobustCSCError(f"{source} has policy version {data.get('version')!r}, this robust-csc reads {POLICY_VERSION}; re-run tune-lambda")
     rule = data.get("rule")

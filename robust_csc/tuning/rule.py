@@ -16,6 +16,15 @@ line are ordinary differentiable ops, and the per-sample lambda is set on the
 layers directly (set_lambda would detach it), so an attack on the wrapper
 sees how its input moves lambda.  Only where the line is clipped to the grid
 range is the derivative zero, which is the true derivative of the rule there.
+
+The rule adapts to its input, so an attack through it alone is not enough
+(Athalye et al. 2018; Tramer et al. 2020).  Two more modes give adaptive
+attacks their surrogates: "repick" runs exactly the deployed forward pass but
+treats the chosen lambda as a constant in the backward pass (BPDA: lambda is
+re-chosen at every step, its dependence on the input is not differentiated),
+and "fixed" runs the model at the lambda the rule chose for each example's
+clean image (found as the nearest of the given anchors).  The wrapper is
+always built in eval mode.
 """
 
 from __future__ import annotations
@@ -24,12 +33,17 @@ import math
 from typing import Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from robust_csc.csc import CSCConv2d, csc_layers, select_csc_layers, synthesis
 from robust_csc.errors import RobustCSCError
 
 PER = ("sample", "batch")
+MODES = ("full", "repick", "fixed")
+# Anchors are matched on images average-pooled to at most this size: cheap, and a perturbation
+# of Linf size eps moves a pooled image by at most eps, far less than two test images differ.
+_ANCHOR_SIZE = 8
 
 
 def fit_line(recon_errors: Sequence[float], best_lambdas: Sequence[float]) -> tuple[float, float]:
@@ -68,10 +82,16 @@ class ReconLambdaModel(nn.Module):
         reference: float,
         layers: str = "stem",
         per: str = "sample",
+        mode: str = "full",
+        anchors: Tensor | None = None,
     ) -> None:
         super().__init__()
         if per not in PER:
             raise RobustCSCError(f"unknown --per {per!r}; use 'sample' or 'batch'")
+        if mode not in MODES:
+            raise RobustCSCError(f"unknown recon-rule mode {mode!r}; use one of {', '.join(MODES)}")
+        if (mode == "fixed") != (anchors is not None):
+            raise RobustCSCError("the recon rule's fixed mode needs the clean anchor images, and only it takes them")
         lo, hi = float(clip[0]), float(clip[1])
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or lo > hi:
             raise RobustCSCError(f"recon rule clip range {clip!r} is invalid; pass 0 <= low <= high")
@@ -89,6 +109,41 @@ class ReconLambdaModel(nn.Module):
         self._lambda_sum = 0.0
         self._lambda_count = 0
         self.last_lambda: Tensor | None = None
+        self.mode = "full"
+        self._anchor_keys: Tensor | None = None
+        self._anchor_lambdas: Tensor | None = None
+        self.eval()  # a deployed rule: libraries that restore a module's mode must find it evaluating
+        if mode == "fixed":
+            self._remember_anchors(anchors)
+        self.mode = mode
+
+    def _remember_anchors(self, anchors: Tensor, chunk: int = 256) -> None:
+        """Run the rule on the clean anchor images; keep each one's stem input key and chosen lambda."""
+        inputs: list[Tensor] = []
+
+        def grab(module: nn.Module, args: tuple) -> None:
+            inputs.append(args[0].detach())
+
+        chosen = []
+        handle = self.stem.register_forward_pre_hook(grab)  # before the rule's own hook: sees the stem input
+        try:
+            with torch.no_grad():
+                for start in range(0, anchors.shape[0], chunk):
+                    self(anchors[start : start + chunk])
+                    assert self.last_lambda is not None
+                    chosen.append(self.last_lambda)
+        finally:
+            handle.remove()
+        self._anchor_keys = _anchor_key(torch.cat(inputs))
+        self._anchor_lambdas = torch.cat(chosen)
+        self._lambda_sum, self._lambda_count = 0.0, 0  # the anchors' choices are not part of any cell
+
+    def anchor_lambdas(self, x: Tensor) -> Tensor:
+        """The lambda chosen for the clean anchor nearest to each row of x, the stem's input (fixed mode)."""
+        assert self._anchor_keys is not None and self._anchor_lambdas is not None
+        keys = _anchor_key(x.detach())
+        nearest = torch.cdist(keys, self._anchor_keys.to(keys.device)).argmin(dim=1)
+        return self._anchor_lambdas.to(x.device)[nearest]
 
     def choose(self, recon_error: Tensor) -> Tensor:
         """Lambda for per-sample reconstruction errors (B,): the clipped line; per batch: one value for all."""
@@ -113,7 +168,12 @@ class ReconLambdaModel(nn.Module):
     def _set_lambdas(self, module: nn.Module, inputs: tuple) -> None:
         if self._busy:
             return
-        lam = self.choose(self.reference_error(inputs[0]))
+        if self.mode == "fixed":
+            lam = self.anchor_lambdas(inputs[0])
+        else:
+            lam = self.choose(self.reference_error(inputs[0]))
+            if self.mode == "repick":
+                lam = lam.detach()  # BPDA: the forward pass is the deployed one, the choice is a constant backward
         for name, layer in self.targets.items():
             # Directly, not through set_lambda: that would detach lambda from the input.
             layer.lam = lam * self.base[name] if self.layers == "scale" else lam
@@ -137,4 +197,10 @@ class ReconLambdaModel(nn.Module):
         return float(self._lambda_sum) / self._lambda_count if self._lambda_count else None
 
 
-__all__ = ["PER", "ReconLambdaModel", "fit_line"]
+def _anchor_key(images: Tensor) -> Tensor:
+    """Images average-pooled to at most _ANCHOR_SIZE x _ANCHOR_SIZE and flattened: the nearest-anchor key."""
+    size = (min(_ANCHOR_SIZE, images.shape[-2]), min(_ANCHOR_SIZE, images.shape[-1]))
+    return torch.nn.functional.adaptive_avg_pool2d(images.float(), size).flatten(1)
+
+
+__all__ = ["MODES", "PER", "ReconLambdaModel", "fit_line"]

@@ -40,7 +40,8 @@ STATS = ("all", "reference", "none")
 @dataclass
 class SweepCell:
     """Per grid value on one cell: n images, correct counts, mean stem recon error and code density
-    (NaN at values whose statistics were not recorded)."""
+    (NaN at values whose statistics were not recorded); index (n,) the images' test-set indices and
+    flags (K, n) which of them each grid value got right (None when read back from a legacy store)."""
 
     values: tuple[float, ...]
     n: int
@@ -48,6 +49,8 @@ class SweepCell:
     recon_error: np.ndarray  # (K,) mean over images
     code_density: np.ndarray  # (K,)
     seconds: float
+    index: np.ndarray | None = None  # (n,) int64
+    flags: np.ndarray | None = None  # (K, n) bool
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -126,6 +129,8 @@ def sweep_cell(
                         pin_memory=device.type == "cuda")
     grid = torch.tensor(values, dtype=torch.float32, device=device)
     correct = torch.zeros(k, dtype=torch.int64, device=device)
+    flag_parts: list[Tensor] = []  # (K, b) per batch, kept on the device: one copy at the end
+    index_parts: list[Tensor] = []
     recon = torch.zeros(len(recorded), dtype=torch.float64, device=device)
     density = torch.zeros(len(recorded), dtype=torch.float64, device=device)
     n = 0
@@ -146,7 +151,11 @@ def sweep_cell(
                 lam = grid.repeat_interleave(b)
                 with per_sample_lambdas(model, layers, lam):
                     logits = model(images.repeat(k, 1, 1, 1))
-                correct += (logits.argmax(dim=1).view(k, b) == labels.view(1, b)).sum(1)
+                right = logits.argmax(dim=1).view(k, b) == labels.view(1, b)
+                correct += right.sum(1)
+                flag_parts.append(right)
+                # Items carry their test-set index (image, label, index); plain pairs count by position.
+                index_parts.append(torch.as_tensor(batch[2]) if len(batch) > 2 else torch.arange(n, n + b))
                 if stem_layer is not None:
                     last = stem_layer.last_stats
                     recon += last.recon_error.view(len(recorded), b).sum(1, dtype=torch.float64)
@@ -167,6 +176,8 @@ def sweep_cell(
         recon_error=recon_error,
         code_density=code_density,
         seconds=time.perf_counter() - start,
+        index=torch.cat(index_parts).to(torch.int64).numpy(),
+        flags=torch.cat(flag_parts, dim=1).cpu().numpy(),
     )
 
 
