@@ -128,7 +128,9 @@ def as_setting(value: object) -> LambdaSetting | LambdaPolicyLike:
 
 def needs_csc(setting: object) -> bool:
     """Whether the setting changes lambdas (and so needs a model with CSC layers)."""
-    return not (isinstance(setting, LambdaSetting) and setting.kind == "trained")
+    if isinstance(setting, LambdaSetting):
+        return setting.kind != "trained"
+    return bool(getattr(setting, "needs_csc", True))  # a test-time adaptation alone says False
 
 
 def check_model_takes(model: nn.Module, setting: object, model_name: str) -> None:

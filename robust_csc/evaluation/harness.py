@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
+from robust_csc.adaptation import prepare_settings
 from robust_csc.csc import csc_layers, record_stats
 from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.errors import RobustCSCError
@@ -175,7 +176,7 @@ def _run_cell(
     recon = torch.zeros((), dtype=torch.float64, device=device)
     density = torch.zeros((), dtype=torch.float64, device=device)
     extra: dict[str, Any] = {}
-    with torch.inference_mode():
+    with torch.inference_mode(not getattr(cell.setting, "needs_grad", False)):  # tent takes gradient steps
         stats = record_stats(model, layers="stem") if has_csc else nullcontext()
         with cell.setting.applied(model, cell.corruption, cell.severity) as run, stats as layers:
             for batch in batches:
@@ -235,6 +236,7 @@ def evaluate(
     batch_size = _check_int(batch_size, "batch_size", 1)
     num_workers = _check_int(num_workers, "num_workers", 0)
     has_csc = bool(csc_layers(model))
+    settings = prepare_settings(settings, model, batch_size, model_name)  # TTA: named for batch_size, BatchNorm checked
     for setting in settings:
         check_model_takes(model, setting, model_name)
     config = getattr(model, "config", None)  # create_model records its arguments there
