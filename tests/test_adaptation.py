@@ -5,16 +5,19 @@ import functools
 import hashlib
 import json
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+from cli_support import assert_user_error, run_main
 from robust_csc.adaptation import BNAdapt, Composed, Tent, compose, parse_setting, parse_settings, prepare_settings
 from robust_csc.adaptation.settings import bind
 from robust_csc.csc import get_lambda, select_csc_layers
 from robust_csc.data.generated import generated_clean, generated_suite
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.harness import evaluate, evaluate_checkpoint
+from robust_csc.evaluation.store import CellKey, ResultsStore
 from robust_csc.lambdas import LambdaSetting
 from robust_csc.models import create_model
 from robust_csc.models.checkpoints import checkpoint_hash, save_checkpoint
@@ -480,3 +483,84 @@ def test_names_read_back_as_the_same_setting():
     prepared = prepare_settings([BNAdapt(), BNAdapt(batch_size=BATCH), LambdaSetting()], tiny(), BATCH)
     assert [s.name for s in prepared] == ["bn-adapt[N=0,seed=0,bs=8]", "trained"]
 
+
+# ---------------------------------------------------------------- the CLI: evaluate --tta, then report
+
+
+CLI_SUITE = ["--suite", "generated", "--dataset", "digits", "--corruptions", "gaussian_noise,contrast",
+             "--severities", "2,5", "--n-examples", str(N_IMAGES)]
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tta")
+    path = save_checkpoint(folder / "sdnet.safetensors", tiny(), dataset="digits")
+    policy = cell_policy(checkpoint_hash(path))
+    policy.save(folder / "policy.json")
+    return path, folder / "policy.json", policy
+
+
+def test_evaluate_with_tta_fills_the_store_and_the_report_shows_each_setting(capsys, tmp_path, digits_checkpoint):
+    checkpoint, policy_file, policy = digits_checkpoint
+    data = checkpoint.read_bytes()
+    store = tmp_path / "S.sqlite"
+    args = ["evaluate", "--checkpoint", checkpoint, *CLI_SUITE, "--batch-size", BATCH, "--store", store,
+            "--lambda", "trained,stem=0.3", "--lambda-policy", policy_file,
+            "--tta", "bn-adapt,bn-adapt[N=16],tent[lr=0.01]", "--tta", "tent[lr=0.01]+stem=0.3,bn-adapt+policy"]
+    code, out, err = run_main(capsys, *args)
+    assert code == 0, err
+    tent = bind(Tent(lr=0.01), BATCH).name
+    names = ["trained", "stem=0.3", policy.name, "bn-adapt[N=0,seed=0,bs=8]", "bn-adapt[N=16,seed=0,bs=8]", tent,
+             f"{tent}+stem=0.3", f"bn-adapt[N=0,seed=0,bs=8]+{policy.name}"]
+    for name in names:
+        assert f"lambda {name}: accuracy by corruption (rows) and severity (columns)" in out
+    assert out.splitlines()[-1] == f"store: {store}, cells run 40, skipped 0"
+    with ResultsStore(store) as results:
+        frame = results.to_frame()
+    assert sorted(frame["lambda_setting"].value_counts().items()) == sorted((name, 5) for name in names)
+    assert checkpoint.read_bytes() == data
+    # the same numbers as the Python API gives for the same setting
+    direct = evaluate_checkpoint(checkpoint, suite(), store=tmp_path / "direct.sqlite", lambdas=[Tent(lr=0.01)],
+                                 clean=clean(), batch_size=BATCH, dataset="digits-c[cifar]", split=f"test[:{N_IMAGES}]")
+    mine = frame[frame["lambda_setting"] == tent].sort_values(["corruption", "severity"])
+    theirs = direct.frame.sort_values(["corruption", "severity"])
+    assert list(mine["correct"]) == list(theirs["correct"])
+
+    code, out, err = run_main(capsys, *args)
+    assert code == 0 and out.splitlines()[-1] == f"store: {store}, cells run 0, skipped 40"
+
+    report = tmp_path / "report"
+    code, out, err = run_main(capsys, "report", "--store", store, "--out", report)
+    assert code == 0, err
+    summary = pd.read_csv(report / "tables" / "summary.csv")
+    assert sorted(summary["lambda_setting"]) == sorted(names)
+    series_tables = sorted(p.name for p in (report / "tables").glob("corruptions__*.csv"))
+    assert len(series_tables) == len(names)
+    assert any("tent_adam_lr_0.01" in p and "stem_0.3" in p for p in series_tables)
+    markdown = (report / "report.md").read_text()
+    for name in names:
+        assert name in markdown
+
+
+def test_evaluate_refuses_bad_tta_in_one_line_and_writes_nothing(capsys, tmp_path, digits_checkpoint):
+    checkpoint, policy_file, _ = digits_checkpoint
+    store = tmp_path / "kept.sqlite"
+    with ResultsStore(store) as results:
+        results.add(CellKey("sdnet18", "0" * 64, "digits", "test"), {"n": 1, "correct": 1, "seconds": 0.0})
+    kept = store.read_bytes()
+    base = ["evaluate", "--checkpoint", checkpoint, *CLI_SUITE, "--store", store]
+    cases = [
+        (["--tta", "bn-adapt", "--batch-size", "1"], "batch size 1"),
+        (["--tta", "tent", "--batch-size", "1"], "batch size 1"),
+        (["--tta", "tent[bs=64]", "--batch-size", "8"], "set up for batch size 64"),
+        (["--tta", "tent+policy"], "--lambda-policy"),
+        (["--tta", "tent[lr=fast]"], "lr='fast' is not valid"),
+        (["--tta", "stem=0.5"], "test-time adaptation 'stem=0.5' is not understood"),
+    ]
+    for extra, fragment in cases:
+        assert_user_error(*run_main(capsys, *base, *extra), fragment)
+        assert store.read_bytes() == kept
+    fresh = tmp_path / "never.sqlite"
+    assert_user_error(*run_main(capsys, "evaluate", "--checkpoint", checkpoint, *CLI_SUITE, "--store", fresh,
+                                "--tta", "bn-adapt", "--batch-size", "1"), "batch size 1", "--batch-size")
+    assert not fresh.exists()
