@@ -178,6 +178,25 @@ def refuse_lambdas_without_csc(checkpoint: Path, meta: dict, settings: tuple) ->
         )
 
 
+def tta_settings(values: Optional[List[str]], settings: tuple) -> tuple:
+    """--tta's test-time adaptation settings; "+policy" in one means the --lambda-policy policy among settings."""
+    if not values:
+        return ()
+    from robust_csc.adaptation import parse_settings
+    from robust_csc.lambdas import LambdaSetting
+
+    return parse_settings(values, [s for s in settings if not isinstance(s, LambdaSetting)])
+
+
+def refuse_tta_misfits(checkpoint: Path, settings: tuple, batch_size: int) -> None:
+    """One line, before the store is opened, for a model without BatchNorm, batch size 1 or another bs= than --batch-size."""
+    if settings:
+        from robust_csc.adaptation import prepare_settings
+        from robust_csc.models.checkpoints import load_checkpoint
+
+        prepare_settings(settings, load_checkpoint(checkpoint)[0], batch_size, str(checkpoint))
+
+
 def _positive(value: Optional[int], option: str) -> Optional[int]:
     if value is not None and value < 1:
         raise RobustCSCError(f"{option} {value} is not positive; pass an integer of at least 1")
@@ -377,6 +396,12 @@ def evaluate(
     lambda_policy: Optional[Path] = typer.Option(
         None, "--lambda-policy", help="A lambda policy file from tune-lambda (evaluated beside --lambda)."
     ),
+    tta: Optional[List[str]] = typer.Option(
+        None, "--tta",
+        help="Test-time adaptation beside --lambda: bn-adapt, bn-adapt[N=16], tent, tent[sgd,lr=0.00025,online], "
+        "alone or on a lambda setting (tent+stem=0.5, bn-adapt+policy: --lambda-policy's); repeat or comma-separate; "
+        "named with --batch-size.",
+    ),
     store: Path = typer.Option(Path("results.sqlite"), "--store", help="SQLite results store (created if missing)."),
     batch_size: int = typer.Option(256, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
@@ -408,6 +433,7 @@ def evaluate(
     # so a refused call leaves an existing store (or a stray file) untouched.
     chosen_lambdas = lambda_settings(lambdas, lambda_policy, checkpoint)
     policies = tuple(s for s in chosen_lambdas if hasattr(s, "scoring_plan"))
+    chosen_tta = tta_settings(tta, chosen_lambdas)
     _positive(batch_size, "--batch-size")
     _workers(workers)
     if policies:
@@ -427,7 +453,8 @@ def evaluate(
         images_per_severity=images_per_severity, verify_checksums=verify_checksums,
     )
     meta = chosen.meta
-    refuse_lambdas_without_csc(checkpoint, meta, chosen_lambdas)
+    refuse_lambdas_without_csc(checkpoint, meta, chosen_lambdas + chosen_tta)
+    refuse_tta_misfits(checkpoint, chosen_tta, batch_size)
     built, clean, clean_note, split = chosen.suite, chosen.clean, chosen.clean_note, chosen.split
     check_policy_cells(policies, built.corruptions, built.severities, clean is not None)
     if policies:
@@ -443,7 +470,7 @@ def evaluate(
             store=results,
             dataset=built.name,
             split=split,
-            lambdas=chosen_lambdas,
+            lambdas=chosen_lambdas + chosen_tta,
             clean=clean,
             batch_size=batch_size,
             num_workers=workers,

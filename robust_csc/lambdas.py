@@ -126,9 +126,22 @@ def as_setting(value: object) -> LambdaSetting | LambdaPolicyLike:
     )
 
 
+def fitted_part(setting: object) -> object | None:
+    """The tuned policy inside a setting (the setting itself, or the lambda part of a composed setting), or None.
+
+    A tuned policy was fitted on images of its suite, and whatever runs it must score only its reporting split.
+    """
+    if hasattr(setting, "scoring_plan"):
+        return setting
+    inner = getattr(setting, "lambdas", None)
+    return fitted_part(inner) if inner is not None and inner is not setting else None
+
+
 def needs_csc(setting: object) -> bool:
     """Whether the setting changes lambdas (and so needs a model with CSC layers)."""
-    return not (isinstance(setting, LambdaSetting) and setting.kind == "trained")
+    if isinstance(setting, LambdaSetting):
+        return setting.kind != "trained"
+    return bool(getattr(setting, "needs_csc", True))  # a test-time adaptation alone says False
 
 
 def check_model_takes(model: nn.Module, setting: object, model_name: str) -> None:
@@ -140,4 +153,4 @@ def check_model_takes(model: nn.Module, setting: object, model_name: str) -> Non
         )
 
 
-__all__ = ["KINDS", "LambdaPolicyLike", "LambdaSetting", "as_setting", "check_model_takes", "needs_csc"]
+__all__ = ["KINDS", "LambdaPolicyLike", "LambdaSetting", "as_setting", "check_model_takes", "fitted_part", "needs_csc"]

@@ -59,6 +59,7 @@ from robust_csc.attacks.specs import (
     make_spec,
 )
 from robust_csc.deployed import eval_only, frozen_state
+from robust_csc.adaptation import adaptation_of
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.outcomes import Outcomes, combine_worst
 from robust_csc.evaluation.stats import compare, format_accuracy, wilson_interval
@@ -342,6 +343,10 @@ def run_attacks(
     _check_l2_reach(eps_list, norm, images)
     points = _check_index(index, images.shape[0])
     setting = as_setting(lambda_setting)
+    if adaptation_of(setting) is not None:
+        # An attack on a model that changes itself on every batch is another threat model (and BN statistics
+        # of adversarial batches); these runners attack deployed, fixed models only.
+        raise RobustCSCError(f"{setting.name} adapts the model during a run; attack a lambda setting or policy instead")
     check_model_takes(model, setting, model_name)
     tuned_on = getattr(setting, "tune_index", None)
     if tuned_on is not None and np.isin(points, tuned_on).any():

@@ -47,11 +47,12 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from robust_csc import __version__
+from robust_csc.adaptation import prepare_settings
 from robust_csc.csc import csc_layers, record_stats
 from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.deployed import eval_only, frozen_state
 from robust_csc.errors import RobustCSCError
-from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes
+from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes, fitted_part
 from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
 from robust_csc.evaluation.outcomes import Outcomes
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
@@ -203,7 +204,7 @@ def _run_cell(
     recon = torch.zeros((), dtype=torch.float64, device=device)
     density = torch.zeros((), dtype=torch.float64, device=device)
     extra: dict[str, Any] = {}
-    with torch.inference_mode():
+    with torch.inference_mode(not getattr(cell.setting, "needs_grad", False)):  # tent takes gradient steps
         stats = record_stats(model, layers="stem") if has_csc else nullcontext()
         with cell.setting.applied(model, cell.corruption, cell.severity) as applied, stats as layers:
             run = eval_only(applied)
@@ -231,7 +232,7 @@ def _run_cell(
                     density += last.code_density.sum(dtype=torch.float64)
             describe = getattr(cell.setting, "cell_extra", None)  # tuned policies say what they chose
             if describe is not None:
-                extra = dict(describe(cell.corruption, cell.severity, run))
+                extra = dict(describe(cell.corruption, cell.severity, applied))
     flags = torch.cat(flag_parts).cpu() if flag_parts else torch.zeros(0, dtype=torch.bool)
     index = torch.cat(index_parts) if index_parts else torch.zeros(0, dtype=torch.int64)
     values: dict[str, Any] = {"n": n, "correct": int(correct.item()), "extra": extra,
@@ -282,6 +283,7 @@ def evaluate(
     batch_size = _check_int(batch_size, "batch_size", 1)
     num_workers = _check_int(num_workers, "num_workers", 0)
     has_csc = bool(csc_layers(model))
+    settings = prepare_settings(settings, model, batch_size, model_name)  # TTA: named for batch_size, BatchNorm checked
     for setting in settings:
         check_model_takes(model, setting, model_name)
     config = getattr(model, "config", None)  # create_model records its arguments there
@@ -375,7 +377,7 @@ def scoring_split(
     Every setting of the run is scored on the same images, so a tuned policy
     and the trained lambdas beside it stay paired.
     """
-    fitted = [s for s in settings if hasattr(s, "scoring_plan")]
+    fitted = list({id(p): p for p in (fitted_part(s) for s in settings) if p is not None}.values())
     if not fitted:
         return suite, clean, split, None
     plans = {s.scoring_plan(suite.name, suite.images_per_cell, split) for s in fitted}

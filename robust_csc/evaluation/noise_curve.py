@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from robust_csc.corruptions.noise import NOISE_KINDS, add_noise, check_noise_level
 from robust_csc.deployed import eval_only, frozen_state
+from robust_csc.adaptation import adaptation_of
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.stats import wilson_columns
 from robust_csc.evaluation.harness import _check_int
-from robust_csc.lambdas import as_setting, check_model_takes
+from robust_csc.lambdas import as_setting, check_model_takes, fitted_part
 from robust_csc.runtime import model_device
 
 COLUMNS = ("kind", "level", "lambda_setting", "n", "correct", "accuracy", "low", "high")
@@ -60,6 +61,8 @@ def _settings(model: nn.Module, lambdas: Iterable[Any], model_name: str) -> list
         raise RobustCSCError("no lambda settings given; pass at least one, e.g. [None] for the trained lambdas")
     names = [setting.name for setting in settings]
     for setting in settings:
+        if adaptation_of(setting) is not None:
+            raise RobustCSCError(f"{setting.name} adapts the model during a cell; noise curves take lambda settings only")
         if getattr(setting, "rule", None) == "grid":
             # A per-cell policy holds one lambda per severity, and these levels are not severities.
             raise RobustCSCError(
@@ -112,7 +115,8 @@ def noise_curve(
     loader = DataLoader(clean, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     correct = torch.zeros(len(values), len(settings), dtype=torch.int64, device=device)
-    never = [torch.as_tensor(s.tune_index, dtype=torch.int64) for s in settings if getattr(s, "tune_index", None) is not None]
+    fitted = [p for p in (fitted_part(s) for s in settings) if p is not None]
+    never = [torch.as_tensor(p.tune_index, dtype=torch.int64) for p in fitted]
     never_score = torch.cat(never) if never else None
     n = 0
     model.to(device)
