@@ -41,6 +41,7 @@ from robust_csc.attacks.specs import (
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.lambdas import as_setting, check_model_takes
+from robust_csc.models.sources import identify
 from robust_csc.runtime import model_device
 
 WORST_CASE = "worst-case"
@@ -217,8 +218,8 @@ def run_attacks(
     norm: str,
     epsilons: Iterable[float] | float,
     store: ResultsStore | str | Path,
-    model_name: str,
-    checkpoint_sha256: str,
+    model_name: str | None = None,
+    checkpoint_sha256: str | None = None,
     dataset: str,
     split: str,
     lambda_setting: object = None,
@@ -242,7 +243,10 @@ def run_attacks(
     AutoAttack gets it as its seed.  checks: also run the attacking sanity
     checks (gradients, large epsilon, more steps); the others are free and
     always run.  Bad input raises RobustCSCError before the store is opened.
+    model may be any nn.Module or a LoadedModel; model_name / checkpoint_sha256
+    default to its name and weights hash (robust_csc.models.sources.identify).
     """
+    model, model_name, checkpoint_sha256 = identify(model, model_name, checkpoint_sha256)
     norm = check_norm(norm)
     eps_list = check_epsilons(epsilons)
     specs = as_specs(attacks, steps=steps, restarts=restarts, version=version)
