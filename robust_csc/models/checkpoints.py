@@ -304,6 +304,20 @@ def load_weights_into(model: nn.Module, path, *, map_location="cpu") -> dict:
     return meta
 
 
+def read_state_dict(path) -> dict[str, Tensor]:
+    """The tensors of a .safetensors file or of a .pt/.pth state_dict (read weights-only), wrapper prefixes stripped."""
+    path = _existing_file(path)
+    if _is_safetensors(path):
+        tensors, _ = _read_safetensors(path, tensors=True)
+        return _plain_state_dict(tensors, path)
+    return _torch_state_dict(path)
+
+
+def load_state_dict_strict(model: nn.Module, tensors: Mapping[str, Tensor], source) -> None:
+    """model.load_state_dict(tensors, strict=True), every missing / unexpected key and shape mismatch named in one line."""
+    _load_strict(model, tensors, source)
+
+
 def checkpoint_hash(path) -> str:
     """sha256 of the file's bytes: the identity of a checkpoint in result stores."""
     digest = hashlib.sha256()

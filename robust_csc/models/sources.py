@@ -268,19 +268,20 @@ def load_model(
 
 def _finish(net: nn.Module, kind: str, reference: str, name: str, weights, classes, normalization) -> LoadedModel:
     """Load the weights, wrap the normalisation, go to eval mode, and work out the identity."""
-    from robust_csc.models.checkpoints import checkpoint_hash, load_weights_into
+    from robust_csc.models.checkpoints import checkpoint_hash, load_state_dict_strict, read_state_dict
 
+    if classes is None:
+        raise RobustCSCError(f"the number of classes of {reference} is not known; pass --num-classes N (the model's outputs)")
     weights_sha = None
     if weights is not None:
+        tensors = read_state_dict(weights)  # .pt only through torch.load(weights_only=True)
         try:
-            load_weights_into(net, weights)  # strict; names the missing / unexpected keys and shapes; .pt weights_only
+            load_state_dict_strict(net, tensors, weights)  # names the missing / unexpected keys and the shapes
         except RobustCSCError as err:
             if "shape mismatch" not in str(err) or kind == "builder":
                 raise
             raise RobustCSCError(f"{err} (--num-classes N sets the size of the classification head)") from None
         weights_sha = checkpoint_hash(weights)
-    if classes is None:
-        raise RobustCSCError(f"the number of classes of {reference} is not known; pass --num-classes N (the model's outputs)")
     model = NormalizedModel(net, *normalization) if normalization is not None else net
     model.eval()
     lambdas = {k: (float(v) if not isinstance(v, Tensor) else v.tolist()) for k, v in get_lambda(model).items()}
