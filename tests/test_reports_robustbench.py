@@ -203,3 +203,18 @@ def test_robustbench_corruption_evaluation_reads_and_extends_the_results_csv(rep
     for c in COMMON:
         for s in range(1, 6):
             assert merged.loc["sdnet18_c3c3c3c3", (c, str(s))] == accuracy(frame, "sdnet18", "trained", c, s)
+
+
+def test_imagenet_c_entry_has_the_mce_against_alexnets_published_errors(tmp_path):
+    # AlexNet's ImageNet-C errors (Hendrycks & Dietterich), summed over severities / 5, in Hendrycks' order
+    alexnet = dict(zip(COMMON, (.886428, .894468, .922640, .819880, .826268, .785948, .798360, .866816, .826572,
+                                .819324, .564592, .853204, .646056, .717840, .606500)))
+    with ResultsStore(tmp_path / "in.sqlite") as store:
+        add_corruption_cells(store, "resnet18", RN, corruptions=COMMON, dataset="imagenet-c", split="test", n=50)
+        frame = store.to_frame()
+    write_robustbench(Cells.from_frame(frame), tmp_path)
+    entry = json.loads((tmp_path / "robustbench" / "model_info" / "imagenet" / "corruptions" / "resnet18_d4d4d4d4.json").read_text())
+    errors = {c: [1 - accuracy(frame, "resnet18", "trained", c, s, "imagenet-c") for s in range(1, 6)] for c in COMMON}
+    mce = sum(sum(errors[c]) / (5 * alexnet[c]) for c in COMMON) / 15
+    assert entry["corruptions_mce"] == str(round(mce * 100, 2)) and "AlexNet's published" in entry["footnote"]
+    assert entry["dataset"] == "imagenet"
