@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	# The optional model sources, in a second step: robustbench's files must overwrite the old copy of a
+	# package named robustbench that torchattacks' wheel ships into the same folder.
+	$(PY) -m pip install --quiet -e ".[timm,robustbench]"
 	touch $@
 
 demo: setup

@@ -15,6 +15,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
 
 app = typer.Typer(
@@ -155,15 +156,19 @@ def parse_lambda_settings(values: Optional[List[str]]) -> tuple:
     return tuple(dict.fromkeys(settings))
 
 
-def lambda_settings(lambdas: Optional[List[str]], lambda_policy: Optional[Path], checkpoint: Path) -> tuple:
-    """--lambda's settings and, with --lambda-policy, the policy (refused here if tuned for another checkpoint)."""
+def lambda_settings(lambdas: Optional[List[str]], lambda_policy: Optional[Path], checkpoint) -> tuple:
+    """--lambda's settings and, with --lambda-policy, the policy (refused here if tuned for another checkpoint).
+
+    checkpoint: a checkpoint file or a LoadedModel (robust_csc.models.sources).
+    """
     settings = parse_lambda_settings(lambdas)
     if lambda_policy is None:
         return settings
     from robust_csc.models.checkpoints import checkpoint_hash
     from robust_csc.tuning import load_policy
 
-    return tuple(dict.fromkeys(settings + (load_policy(lambda_policy, checkpoint_hash(checkpoint)),)))
+    sha = getattr(checkpoint, "sha256", None) or checkpoint_hash(checkpoint)
+    return tuple(dict.fromkeys(settings + (load_policy(lambda_policy, sha),)))
 
 
 def refuse_lambdas_without_csc(checkpoint: Path, meta: dict, settings: tuple) -> None:
@@ -194,7 +199,8 @@ def refuse_tta_misfits(checkpoint: Path, settings: tuple, batch_size: int) -> No
         from robust_csc.adaptation import prepare_settings
         from robust_csc.models.checkpoints import load_checkpoint
 
-        prepare_settings(settings, load_checkpoint(checkpoint)[0], batch_size, str(checkpoint))
+        model = checkpoint.model if hasattr(checkpoint, "model") else load_checkpoint(checkpoint)[0]
+        prepare_settings(settings, model, batch_size, str(checkpoint))
 
 
 def _positive(value: Optional[int], option: str) -> Optional[int]:
@@ -269,7 +275,7 @@ class SuiteChoice:
 
 
 def build_suite(
-    checkpoint: Path,
+    checkpoint,
     suite: str,
     *,
     dataset: Optional[str] = None,
@@ -283,7 +289,10 @@ def build_suite(
     images_per_severity: Optional[int] = None,
     verify_checksums: bool = True,
 ) -> SuiteChoice:
-    """Check the suite options against the checkpoint's metadata and build the suite and its clean cell."""
+    """Check the suite options against the checkpoint's metadata and build the suite and its clean cell.
+
+    checkpoint: a checkpoint file or a LoadedModel (robust_csc.models.sources), whose meta is used.
+    """
     from robust_csc.models.checkpoints import read_metadata
 
     suite_name = suite.lower()
@@ -298,7 +307,7 @@ def build_suite(
     _positive(n_examples, "--n-examples")
     _positive(images_per_severity, "--images-per-severity")
     _not_negative(seed, "--seed")
-    meta = read_metadata(checkpoint)
+    meta = getattr(checkpoint, "meta", None) or read_metadata(checkpoint)
     num_classes = meta.get("num_classes")
     expected = _SUITE_CLASSES.get(suite_name)
     if expected is not None and num_classes != expected:
@@ -373,7 +382,14 @@ def build_suite(
 
 @app.command()
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc .safetensors checkpoint."),
+    checkpoint: Optional[Path] = M.CHECKPOINT,
+    model: Optional[str] = M.MODEL,
+    weights: Optional[Path] = M.WEIGHTS,
+    num_classes: Optional[int] = M.NUM_CLASSES,
+    mean: Optional[str] = M.MEAN,
+    std: Optional[str] = M.STD,
+    model_dir: Optional[Path] = M.MODEL_DIR,
+    allow_download: bool = M.ALLOW_DOWNLOAD,
     suite: Optional[str] = typer.Option(
         None, "--suite", help="cifar10-c, cifar100-c, imagenet-c or generated (required unless --lambda-policy gives it)."
     ),
@@ -422,7 +438,8 @@ def evaluate(
         False, "--recompute", help="Run every cell again and replace the stored ones (after an upgrade or a fix)."
     ),
 ) -> None:
-    """Evaluate a checkpoint on a corruption suite; results go to the store and reruns skip finished cells.
+    """Evaluate a checkpoint or any classifier (--model) on a corruption suite; results go to the store, reruns skip
+    finished cells.
 
     With --lambda-policy the suite, profile, seed and images come from the policy, and every setting is scored
     on its reporting split only (never on an image the policy was tuned on).
@@ -431,6 +448,7 @@ def evaluate(
 
     # Everything a user can get wrong is checked before the store is opened,
     # so a refused call leaves an existing store (or a stray file) untouched.
+    checkpoint = M.load_model_option(checkpoint, model, weights, num_classes, mean, std, model_dir, allow_download)
     chosen_lambdas = lambda_settings(lambdas, lambda_policy, checkpoint)
     policies = tuple(s for s in chosen_lambdas if hasattr(s, "scoring_plan"))
     chosen_tta = tta_settings(tta, chosen_lambdas)

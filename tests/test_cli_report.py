@@ -37,9 +37,8 @@ def test_report_end_to_end(capsys, tmp_path, small):
     assert code == 0, stderr
     lines = stdout.strip().splitlines()
     assert lines[-1] == str(out / "index.html")  # the HTML path comes last
-    # runs, summary, comparisons, robustness, 2 corruption tables, wide CSV; severity, 2 heatmaps, epsilon, atoms,
-    # examples
-    assert "wrote 7 tables" in lines[0] and "6 plots" in lines[0]
+    # runs, summary, comparisons, robustness, 2 corruption tables; severity, 2 heatmaps, epsilon, atoms, examples
+    assert "wrote 6 tables" in lines[0] and "6 plots" in lines[0]
     html = (out / "index.html").read_text()
     assert "<title>Digits</title>" in html and "Stem dictionary of sdnet18" in html
     summary = pd.read_csv(out / "tables" / "summary.csv")

@@ -47,15 +47,17 @@ def attack_checkpoint(
 
     model_name = the checkpoint's arch, checkpoint_sha256 = the file's sha256,
     dataset = its recorded data set unless given, split "test" or
-    f"test[:{n}]" (as `robust-csc evaluate`).  With a tuned lambda policy as
-    lambda_setting the points are the policy's reporting split (its first
-    n_examples), never an image it was tuned on, and the split is named after
-    it.  Other keywords (lambda_setting, steps, restarts, version, seed,
-    batch_size, device, checks, adaptive, recompute, allow_large_epsilon,
+    f"test[:{n}]" (as `robust-csc evaluate`).  path may also be a LoadedModel
+    (robust_csc.models.sources.load_model): its name and hash.  With a tuned
+    lambda policy as lambda_setting the points are the policy's reporting split
+    (its first n_examples), never an image it was tuned on, and the split is
+    named after it.  Other keywords (lambda_setting, steps, restarts, version,
+    seed, batch_size, device, checks, adaptive, recompute, allow_large_epsilon,
     progress) go to run_attacks.
     """
     from robust_csc.data import dataset_info
-    from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint, read_metadata
+    from robust_csc.models.checkpoints import read_metadata
+    from robust_csc.models.sources import LoadedModel, as_loaded
 
     # The cheap checks first: a refused call reads no data and touches no store.
     norm = check_norm(norm)
@@ -64,7 +66,7 @@ def attack_checkpoint(
         check_norm_fits(spec, norm)
     if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, numbers.Integral) or n_examples < 2):
         raise RobustCSCError(f"n_examples {n_examples!r} is invalid; pass an integer >= 2 (an interval needs 2) or None for all")
-    meta = read_metadata(path)
+    meta = path.meta if isinstance(path, LoadedModel) else read_metadata(path)
     policy = kwargs.get("lambda_setting") if hasattr(kwargs.get("lambda_setting"), "scoring_plan") else None
     name = dataset or (policy.base_dataset() if policy is not None else None) or meta.get("dataset")
     if not name:
@@ -80,17 +82,17 @@ def attack_checkpoint(
     else:
         images, labels = load_test_images(info.name, data_root, n_examples)
         index, split = None, "test" if n_examples is None else f"test[:{n_examples}]"
-    model, meta = load_checkpoint(path, expect_num_classes=info.num_classes)
+    loaded = as_loaded(path, expect_num_classes=info.num_classes)
     return run_attacks(
-        model,
+        loaded.model,
         images,
         labels,
         attacks=attacks,
         norm=norm,
         epsilons=epsilons,
         store=store,
-        model_name=meta["arch"],
-        checkpoint_sha256=checkpoint_hash(path),
+        model_name=loaded.name,
+        checkpoint_sha256=loaded.sha256,
         dataset=info.name,
         split=split,
         index=index,

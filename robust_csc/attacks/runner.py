@@ -65,6 +65,7 @@ from robust_csc.evaluation.outcomes import Outcomes, combine_worst
 from robust_csc.evaluation.stats import compare, format_accuracy, wilson_interval
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.lambdas import as_setting, check_model_takes
+from robust_csc.models.sources import identify
 from robust_csc.runtime import model_device
 
 PROBABILITY_TOLERANCE = 1e-5
@@ -297,8 +298,8 @@ def run_attacks(
     norm: str,
     epsilons: Iterable[float] | float,
     store: ResultsStore | str | Path,
-    model_name: str,
-    checkpoint_sha256: str,
+    model_name: str | None = None,
+    checkpoint_sha256: str | None = None,
     dataset: str,
     split: str,
     lambda_setting: object = None,
@@ -330,8 +331,11 @@ def run_attacks(
     attack on the points left robust); the others are free and always run.
     index: the test-set index of each image (default 0..n-1), recorded with
     the per-example outcomes.  Bad input raises RobustCSCError before the
-    store is opened.
+    store is opened.  model may be any nn.Module or a LoadedModel;
+    model_name / checkpoint_sha256 default to its name and weights hash
+    (robust_csc.models.sources.identify).
     """
+    model, model_name, checkpoint_sha256 = identify(model, model_name, checkpoint_sha256)
     norm = check_norm(norm)
     eps_list = check_epsilons(epsilons, norm, allow_large=allow_large_epsilon)
     specs = as_specs(attacks, steps=steps, restarts=restarts, version=version)

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from robust_csc.cli import _items, _not_negative, _positive, _say, app
+from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
 
 
@@ -21,7 +22,14 @@ def _attack_items(values: List[str]) -> List[str]:
 
 @app.command()
 def attack(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc .safetensors checkpoint."),
+    checkpoint: Optional[Path] = M.CHECKPOINT,
+    model: Optional[str] = M.MODEL,
+    weights: Optional[Path] = M.WEIGHTS,
+    num_classes: Optional[int] = M.NUM_CLASSES,
+    mean: Optional[str] = M.MEAN,
+    std: Optional[str] = M.STD,
+    model_dir: Optional[Path] = M.MODEL_DIR,
+    allow_download: bool = M.ALLOW_DOWNLOAD,
     attacks: List[str] = typer.Option(
         ..., "--attack", help="pgd, autoattack, apgd-ce, square[n_queries=1000], any torchattacks name (repeatable or a comma list)."
     ),
@@ -58,14 +66,13 @@ def attack(
         None, "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal]."
     ),
 ) -> None:
-    """Attack a checkpoint at every epsilon; robust accuracy (pointwise worst case) and sanity checks go to the store."""
+    """Attack a checkpoint or any classifier (--model) at every epsilon; robust accuracy and sanity checks go to the store."""
     import torch
 
     from robust_csc.attacks import as_specs, check_epsilons, check_norm
     from robust_csc.attacks.adapters import check_autoattack_classes
     from robust_csc.attacks.specs import check_norm_fits, parse_number
     from robust_csc.lambdas import LambdaSetting
-    from robust_csc.models.checkpoints import checkpoint_hash, read_metadata
 
     # Everything a user can get wrong is checked before the store is opened,
     # so a refused call leaves an existing store untouched.
@@ -86,12 +93,13 @@ def attack(
             torch.device(device)
         except RuntimeError:
             raise RobustCSCError(f"unknown device {device!r}; pass cpu, cuda or cuda:N") from None
-    meta = read_metadata(checkpoint)
+    checkpoint = M.load_model_option(checkpoint, model, weights, num_classes, mean, std, model_dir, allow_download)
+    meta = checkpoint.meta
     setting = LambdaSetting.parse(lam) if lam is not None else None
     if lambda_policy is not None:
         from robust_csc.tuning.policy import load_policy  # the tuning verb's module, loaded only when asked for
 
-        setting = load_policy(lambda_policy, checkpoint_sha256=checkpoint_hash(checkpoint))
+        setting = load_policy(lambda_policy, checkpoint_sha256=checkpoint.sha256)
     if setting is not None and not meta.get("lambda") and not (isinstance(setting, LambdaSetting) and setting.kind == "trained"):
         raise RobustCSCError(
             f"{checkpoint} holds a {meta.get('arch')} model without CSC layers, so a lambda setting cannot apply; "
@@ -124,7 +132,7 @@ def attack(
         allow_large_epsilon=allow_large_eps,
         progress=sys.stderr.isatty() if progress is None else progress,
     )
-    _say(f"checkpoint {checkpoint} ({meta.get('arch')})")
+    _say(f"{'model' if model else 'checkpoint'} {checkpoint} ({meta.get('arch')})")
     for line in result.lines():
         _say(line)
     failed = [name for name, c in result.checks.items() if not c["passed"]]

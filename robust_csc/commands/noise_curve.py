@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from robust_csc.cli import _not_negative, _positive, _say, _workers, app, lambda_settings, refuse_lambdas_without_csc
+from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
 
 LEVELS_HINT = "write start:stop:count (e.g. 0:0.3:7) or a comma list (e.g. 0,0.05,0.1)"
@@ -16,7 +17,14 @@ LEVELS_HINT = "write start:stop:count (e.g. 0:0.3:7) or a comma list (e.g. 0,0.0
 
 @app.command("noise-curve")
 def noise_curve_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc .safetensors checkpoint."),
+    checkpoint: Optional[Path] = M.CHECKPOINT,
+    model: Optional[str] = M.MODEL,
+    weights: Optional[Path] = M.WEIGHTS,
+    num_classes: Optional[int] = M.NUM_CLASSES,
+    mean: Optional[str] = M.MEAN,
+    std: Optional[str] = M.STD,
+    model_dir: Optional[Path] = M.MODEL_DIR,
+    allow_download: bool = M.ALLOW_DOWNLOAD,
     kind: str = typer.Option(..., "--kind", help="gaussian, shot, impulse or speckle."),
     levels: str = typer.Option(
         ..., "--levels", help="Noise levels (gaussian/speckle sigma, shot photons, impulse amount): " + LEVELS_HINT + "."
@@ -51,12 +59,12 @@ def noise_curve_command(
     from robust_csc.evaluation.noise_curve import (
         best_per_level, check_levels, curve_files, curve_table, curve_text, noise_curve, noise_kind, save_curve,
     )
-    from robust_csc.models.checkpoints import load_checkpoint, read_metadata
     from robust_csc.tuning.grid import parse_number_list
 
     # Every mistake is refused before any model runs and before a file is written.
     kind = noise_kind(kind)
     values = check_levels(kind, parse_number_list(levels, "noise levels", LEVELS_HINT))
+    checkpoint = M.load_model_option(checkpoint, model, weights, num_classes, mean, std, model_dir, allow_download)
     settings = lambda_settings(lambdas, lambda_policy, checkpoint)
     _positive(n_examples, "--n-examples")
     _positive(batch_size, "--batch-size")
@@ -68,7 +76,7 @@ def noise_curve_command(
         existing = [path for path in curve_files(out).values() if path.exists()]
         if existing and not force:
             raise RobustCSCError(f"{existing[0]} already exists; pass --force to replace it or choose another --out")
-    meta = read_metadata(checkpoint)
+    meta = checkpoint.meta
     refuse_lambdas_without_csc(checkpoint, meta, settings)
     policies = [s for s in settings if hasattr(s, "reporting_images")]
     base = dataset or (policies[0].base_dataset() if policies else None) or meta.get("dataset")
@@ -96,9 +104,9 @@ def noise_curve_command(
             clean = Subset(clean, range(n_examples))
     else:
         clean = generated_clean(base, "test", data_root, n_examples, verify_checksums=verify_checksums)
-    model, meta = load_checkpoint(checkpoint, expect_num_classes=dataset_info(base).num_classes)
+    checkpoint.expect_classes(dataset_info(base).num_classes, f"the {base} test set")
     frame = noise_curve(
-        model, clean, kind, values, settings, seed=seed, batch_size=batch_size, num_workers=workers,
+        checkpoint.model, clean, kind, values, settings, seed=seed, batch_size=batch_size, num_workers=workers,
         device=device, compiled=not eager, model_name=meta["arch"],
         progress=sys.stderr.isatty() if progress is None else progress,
     )

@@ -9,12 +9,20 @@ from typing import List, Optional
 import typer
 
 from robust_csc.cli import _positive, _say, _workers, app, build_suite
+from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
 
 
 @app.command("tune-lambda")
 def tune_lambda(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A robust-csc SDNet .safetensors checkpoint."),
+    checkpoint: Optional[Path] = M.CHECKPOINT,
+    model: Optional[str] = M.MODEL,
+    weights: Optional[Path] = M.WEIGHTS,
+    num_classes: Optional[int] = M.NUM_CLASSES,
+    mean: Optional[str] = M.MEAN,
+    std: Optional[str] = M.STD,
+    model_dir: Optional[Path] = M.MODEL_DIR,
+    allow_download: bool = M.ALLOW_DOWNLOAD,
     suite: str = typer.Option(..., "--suite", help="generated, cifar10-c, cifar100-c or imagenet-c."),
     out: Path = typer.Option(..., "--out", help="The lambda policy file to write (JSON)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Base data set of a generated suite [default: the checkpoint's]."),
@@ -63,6 +71,7 @@ def tune_lambda(
     check_grid(values, layers)
     _positive(batch_size, "--batch-size")
     _workers(workers)
+    checkpoint = M.load_model_option(checkpoint, model, weights, num_classes, mean, std, model_dir, allow_download)
     chosen = build_suite(
         checkpoint, suite, dataset=dataset, profile=profile, data_root=data_root, corruptions=corruptions,
         severities=severities, n_examples=n_examples, seed=seed, download=download,

@@ -56,7 +56,7 @@ from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes, fit
 from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
 from robust_csc.evaluation.outcomes import Outcomes
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
-from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
+from robust_csc.models.sources import as_loaded, identify
 from robust_csc.runtime import model_device
 
 TRAINED = "trained"  # the lambda setting of a model run with the lambdas it was trained with
@@ -252,8 +252,8 @@ def evaluate(
     suite: CorruptionSuite,
     *,
     store: ResultsStore | str | Path,
-    model_name: str,
-    checkpoint_sha256: str,
+    model_name: str | None = None,
+    checkpoint_sha256: str | None = None,
     dataset: str,
     split: str = "test",
     lambdas: Iterable[Any] = (None,),
@@ -276,9 +276,13 @@ def evaluate(
     of an older version).  A tuned policy among the settings restricts the run
     to its reporting split (see the module docstring).
     Each finished cell is committed at once as one store row.
+    model may be any nn.Module or a robust_csc.models.sources.LoadedModel;
+    model_name / checkpoint_sha256 default to its name and weights hash
+    (robust_csc.models.sources.identify), so a rerun finds its cells.
     """
     if not isinstance(suite, CorruptionSuite):
         raise RobustCSCError(f"suite is a {type(suite).__name__}; pass a CorruptionSuite (load_cifar_c, generated_suite, ...)")
+    model, model_name, checkpoint_sha256 = identify(model, model_name, checkpoint_sha256)
     settings = _check_lambdas(lambdas)
     batch_size = _check_int(batch_size, "batch_size", 1)
     num_workers = _check_int(num_workers, "num_workers", 0)
@@ -434,19 +438,20 @@ def evaluate_checkpoint(
     **kwargs: Any,
 ) -> EvalResult:
     """evaluate() a saved checkpoint: model_name = its arch, checkpoint_sha256 = the file's sha256,
-    dataset = its recorded data set unless dataset= is given (other keywords go to evaluate)."""
+    dataset = its recorded data set unless dataset= is given (other keywords go to evaluate).
+    path may also be a LoadedModel (robust_csc.models.sources.load_model): its name and hash."""
     if not isinstance(suite, CorruptionSuite):
         raise RobustCSCError(f"suite is a {type(suite).__name__}; pass a CorruptionSuite (load_cifar_c, generated_suite, ...)")
     store, owned = open_store(store)  # a bad store fails before the model is loaded
     try:
-        model, meta = load_checkpoint(path, expect_num_classes=suite.num_classes)
-        kwargs.setdefault("model_name", meta["arch"])
+        loaded = as_loaded(path, expect_num_classes=suite.num_classes)
+        kwargs.setdefault("model_name", loaded.name)
         if kwargs.get("dataset") is None:
-            kwargs["dataset"] = meta.get("dataset")
+            kwargs["dataset"] = loaded.dataset
         if not kwargs["dataset"]:
             raise RobustCSCError(f"{path} records no data set; pass dataset= (the name of the evaluated data set)")
-        kwargs.setdefault("checkpoint_sha256", checkpoint_hash(path))
-        return evaluate(model, suite, store=store, lambdas=lambdas, clean=clean, **kwargs)
+        kwargs.setdefault("checkpoint_sha256", loaded.sha256)
+        return evaluate(loaded.model, suite, store=store, lambdas=lambdas, clean=clean, **kwargs)
     finally:
         if owned:
             store.close()

@@ -137,10 +137,11 @@ def _parse_metadata(path: Path, header: dict[str, str]) -> dict:
     return meta
 
 
-def _torch_state_dict(path: Path, map_location="cpu") -> dict[str, Tensor]:
-    """A plain state_dict from a .pt/.pth file, never running code from it."""
+def safe_torch_load(path, map_location="cpu") -> Any:
+    """What a .pt/.pth file holds, read with torch.load(weights_only=True): code in the pickle is refused, never run."""
+    path = _existing_file(path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         unsafe = re.search(r"GLOBAL (\S+)", str(err))
         if unsafe is None:  # the weights-only unpickler met bytes it cannot parse, not a forbidden call
@@ -153,7 +154,11 @@ def _torch_state_dict(path: Path, map_location="cpu") -> dict[str, Tensor]:
         ) from None
     except Exception:  # damaged bytes make the unpickler fail in arbitrary ways (IndexError, KeyError, ...)
         raise RobustCSCError(f"{path} is truncated or not a PyTorch state_dict; re-download or re-save it") from None
-    return _plain_state_dict(obj, path)
+
+
+def _torch_state_dict(path: Path, map_location="cpu") -> dict[str, Tensor]:
+    """A plain state_dict from a .pt/.pth file, never running code from it."""
+    return _plain_state_dict(safe_torch_load(path, map_location), path)
 
 
 def _plain_state_dict(obj: Any, source) -> dict[str, Tensor]:
@@ -297,6 +302,20 @@ def load_weights_into(model: nn.Module, path, *, map_location="cpu") -> dict:
     _load_strict(target, tensors, path)
     target.to(map_location)
     return meta
+
+
+def read_state_dict(path) -> dict[str, Tensor]:
+    """The tensors of a .safetensors file or of a .pt/.pth state_dict (read weights-only), wrapper prefixes stripped."""
+    path = _existing_file(path)
+    if _is_safetensors(path):
+        tensors, _ = _read_safetensors(path, tensors=True)
+        return _plain_state_dict(tensors, path)
+    return _torch_state_dict(path)
+
+
+def load_state_dict_strict(model: nn.Module, tensors: Mapping[str, Tensor], source) -> None:
+    """model.load_state_dict(tensors, strict=True), every missing / unexpected key and shape mismatch named in one line."""
+    _load_strict(model, tensors, source)
 
 
 def checkpoint_hash(path) -> str:

@@ -41,7 +41,8 @@ from robust_csc.reports.cells import (
     tune_split,
 )
 from robust_csc.reports.formats import write_table
-from robust_csc.reports.page import Document, FigureItem, Link, Row, Section, TableItem, Text, render_html, render_markdown
+from robust_csc.reports.page import Document, FigureItem, Row, Section, TableItem, Text, render_html, render_markdown
+from robust_csc.reports.robustbench import robustbench_section
 from robust_csc.reports import tables as T
 
 MARKER = ".robust-csc-report"  # marks a folder as a report this function may replace
@@ -121,23 +122,26 @@ def _select(frame: pd.DataFrame, where: str, models, baseline) -> pd.DataFrame:
 
 
 def _load_checkpoints(paths: Iterable, frame: pd.DataFrame) -> list[Checkpoint]:
-    from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
+    """Checkpoint files (or LoadedModels, robust_csc.models.sources) matched to the store by their sha256."""
+    from robust_csc.models.checkpoints import checkpoint_hash
+    from robust_csc.models.sources import LoadedModel, as_loaded
 
-    if isinstance(paths, (str, Path)):
+    if isinstance(paths, (str, Path, LoadedModel)):
         paths = [paths]
     known = set(frame["checkpoint_sha256"])
     out: dict[str, Checkpoint] = {}
     for path in paths:
-        path = Path(path)
-        sha = checkpoint_hash(path)
+        if not isinstance(path, LoadedModel):
+            path = Path(path)
+        sha = path.sha256 if isinstance(path, LoadedModel) else checkpoint_hash(path)
         if sha not in known:
             raise RobustCSCError(
                 f"checkpoint {path} (sha256 {sha[:12]}...) matches no series of the store's models; "
                 "pass a checkpoint whose results are in the store, or drop --checkpoint"
             )
         if sha not in out:
-            model, meta = load_checkpoint(path)
-            out[sha] = Checkpoint(path, sha, model, meta)
+            loaded = as_loaded(path)
+            out[sha] = Checkpoint(path, sha, loaded.model, loaded.meta)
     return list(out.values())
 
 
@@ -253,6 +257,7 @@ def build_report(
         _attacks(b, cells),
         _tuning(b, cells),
         _model_plots(b, cells, checkpoints, data_root),
+        robustbench_section(folder, cells),
     ]
     if b.report.notes:
         sections.append(Section("notes", "Notes", "What this report could not show, and why.",
@@ -349,7 +354,8 @@ def _settings(b: _Builder, cells: Cells, checkpoints, baseline, store_name, crea
         lam = ck.meta.get("lambda") or {}
         lam_text = ", ".join(f"{k} = {v:g}" for k, v in lam.items()) if lam else "no CSC layers"
         facts.append(
-            f"Checkpoint {ck.path}: sha256 {ck.sha256}, {ck.meta.get('arch')} trained on {ck.meta.get('dataset')}, "
+            f"Checkpoint {ck.path}: sha256 {ck.sha256}, {ck.meta.get('arch')} trained on "
+            f"{ck.meta.get('dataset') or 'an unrecorded data set'}, "
             f"trained lambda {lam_text}."
         )
     items += [Text(f, note=False) for f in facts]
@@ -405,11 +411,6 @@ def _corruptions(b: _Builder, cells: Cells) -> list[Section]:
     if frame.empty:
         section.items.append(b.note("No corruption cells in the store: run robust-csc evaluate to fill this section."))
         return [section]
-    wide = T.wide(cells)
-    files = write_table(wide, b.folder / "tables")
-    b.report.tables[wide.name] = wide
-    section.items.append(Link("RobustBench-style wide CSV: a row per series, a column per (corruption, severity)",
-                              files["csv"].relative_to(b.folder).as_posix()))
     per_series = dict(T.series_tables(cells))
     subsections = [section]
     for (dataset, split), rows in frame.groupby(["dataset", "split"], sort=True):

@@ -516,35 +516,3 @@ def comparisons(cells: Cells, baseline: str | None, reference: Cells | None = No
                  intervals={"difference": ("difference low", "difference high")})
 
 
-# ---------------------------------------------------------------- RobustBench's wide CSV
-
-
-def wide(cells: Cells) -> Table:
-    """A row per corruption series, a column per (corruption, severity) as "corruption:severity", clean first."""
-    frame = cells.corruption
-    present = {(c, int(s)) for c, s in zip(frame["corruption"], frame["severity"])}
-    columns = [
-        (c, s)
-        for c in corruption_order({c for c, _ in present})
-        for s in ((0,) if c == CLEAN else SEVERITIES)
-        if (c, s) in present
-    ]
-    records = []
-    for series in series_of(frame):
-        rows = series.rows(frame)
-        by_cell = {(c, int(s)): a for c, s, a in zip(rows["corruption"], rows["severity"], rows["accuracy"])}
-        record = {
-            "model": series.model,
-            "checkpoint_sha256": series.checkpoint_sha256,
-            "dataset": series.dataset,
-            "split": series.split,
-            "lambda_setting": series.lambda_setting,
-        }
-        for c, s in columns:
-            record["clean" if c == CLEAN else f"{c}:{s}"] = by_cell.get((c, s), math.nan)
-        records.append(record)
-    names = ["model", "checkpoint_sha256", "dataset", "split", "lambda_setting"]
-    names += ["clean" if c == CLEAN else f"{c}:{s}" for c, s in columns]
-    about = "RobustBench's layout: a row per model (and lambda setting), a column per corruption and severity."
-    return Table("robustbench_wide", "Accuracy per cell, wide", about, pd.DataFrame.from_records(records, columns=names),
-                 formats=("csv",))

@@ -36,7 +36,7 @@ from robust_csc.evaluation.metrics import CLEAN
 from robust_csc.evaluation.outcomes import Outcomes, encode_index
 from robust_csc.evaluation.stats import compare, format_difference
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
-from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
+from robust_csc.models.sources import as_loaded, identify
 from robust_csc.runtime import model_device
 from robust_csc.tuning.grid import check_grid, check_layers, default_grid, setting_for
 from robust_csc.tuning.policy import RULES, CellPolicy, LambdaPolicy, ReconPolicy
@@ -156,8 +156,8 @@ def tune(
     suite: CorruptionSuite,
     *,
     store: ResultsStore | str | Path,
-    model_name: str,
-    checkpoint_sha256: str,
+    model_name: str | None = None,
+    checkpoint_sha256: str | None = None,
     dataset: str,
     split_base: str = "test",
     clean: Dataset | None = None,
@@ -179,7 +179,10 @@ def tune(
     suite_options: how to build the suite again (the CLI's suite options: suite, dataset, profile, seed,
     n_examples), recorded in the policy so that `robust-csc evaluate --lambda-policy` rebuilds it.
     recompute: sweep and evaluate again, replacing stored cells.
+    model may be any nn.Module with CSC layers or a LoadedModel; model_name /
+    checkpoint_sha256 default to its name and weights hash (robust_csc.models.sources.identify).
     """
+    model, model_name, checkpoint_sha256 = identify(model, model_name, checkpoint_sha256)
     layers = check_layers(layers)
     rule = _check_choice(rule, RULES, "rule")
     per = _check_choice(per, PER, "per (lambda choice of the recon rule)")
@@ -373,12 +376,13 @@ def tune_checkpoint(
 ) -> TuneResult:
     """tune() a saved checkpoint: model name = its arch, checkpoint hash = the file's sha256,
     dataset = the suite's name unless given, split base "test" unless given (the CLI names an N-image
-    suite "test[:N]"); out: write the policy there (refused if it exists, unless force)."""
+    suite "test[:N]"); out: write the policy there (refused if it exists, unless force).
+    path may also be a LoadedModel (robust_csc.models.sources.load_model): its name and hash."""
     if out is not None and Path(out).exists() and not force:
         raise RobustCSCError(f"{out} already exists; pass --force (force=True) to replace it or choose another file")
-    model, meta = load_checkpoint(path, expect_num_classes=suite.num_classes)
+    loaded = as_loaded(path, expect_num_classes=suite.num_classes)
     result = tune(
-        model, suite, store=store, model_name=meta["arch"], checkpoint_sha256=checkpoint_hash(path),
+        loaded.model, suite, store=store, model_name=loaded.name, checkpoint_sha256=loaded.sha256,
         dataset=dataset or suite.name, split_base=split_base or "test", clean=clean, grid=grid, layers=layers,
         rule=rule, per=per, seed=seed, batch_size=batch_size, num_workers=num_workers, device=device,
         progress=progress, recompute=recompute, suite_options=suite_options,
