@@ -37,11 +37,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from robust_csc.csc import csc_layers, record_stats
 from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.errors import RobustCSCError
-from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes
+from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes, check_settings_cover
 from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
 from robust_csc.runtime import model_device
+from robust_csc.validation import refuse_nonfinite_outputs
 
 TRAINED = "trained"  # the lambda setting of a model run with the lambdas it was trained with
 
@@ -183,6 +184,7 @@ def _run_cell(
                 images = images.to(device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(device, non_blocking=True)
                 logits = run(images)
+                refuse_nonfinite_outputs(logits, f"cell {cell.corruption} {cell.severity} at lambda {cell.setting.name}")
                 correct += (logits.argmax(dim=1) == labels).sum()
                 n += int(labels.shape[0])
                 if has_csc:
@@ -249,6 +251,7 @@ def evaluate(
     corrupted = [(cell.corruption, cell.severity) for cell in suite.cells()]
     if not corrupted and clean is None:
         raise RobustCSCError(f"the suite {suite.name} selects no cells and no clean set was given; select at least one corruption and severity")
+    check_settings_cover(settings, ([(CLEAN, 0)] if clean is not None else []) + corrupted)  # before any cell is stored
     base_key = CellKey(model_name, checkpoint_sha256, dataset, split)  # checks the identity fields up front
     device = model_device(model) if device is None else torch.device(device)
 
