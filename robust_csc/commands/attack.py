@@ -10,6 +10,7 @@ import typer
 
 from robust_csc.cli import _items, _not_negative, _positive, _say, app
 from robust_csc.errors import RobustCSCError
+from robust_csc.validation import check_device
 
 
 def _attack_items(values: List[str]) -> List[str]:
@@ -65,11 +66,7 @@ def attack(
     _not_negative(seed, "--seed")
     if lam is not None and lambda_policy is not None:
         raise RobustCSCError("--lambda and --lambda-policy both set the lambdas; pass one of them")
-    if device is not None:
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise RobustCSCError(f"unknown device {device!r}; pass cpu, cuda or cuda:N") from None
+    device = check_device(device)
     meta = read_metadata(checkpoint)
     setting = LambdaSetting.parse(lam) if lam is not None else None
     if lambda_policy is not None:

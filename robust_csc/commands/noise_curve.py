@@ -10,6 +10,7 @@ import typer
 
 from robust_csc.cli import _not_negative, _positive, _say, _workers, app, lambda_settings, refuse_lambdas_without_csc
 from robust_csc.errors import RobustCSCError
+from robust_csc.validation import check_device, check_writable_file
 
 LEVELS_HINT = "write start:stop:count (e.g. 0:0.3:7) or a comma list (e.g. 0,0.05,0.1)"
 
@@ -55,6 +56,7 @@ def noise_curve_command(
     from robust_csc.tuning.grid import parse_number_list
 
     # Every mistake is refused before any model runs and before a file is written.
+    device = check_device(device)
     kind = noise_kind(kind)
     values = check_levels(kind, parse_number_list(levels, "noise levels", LEVELS_HINT))
     settings = lambda_settings(lambdas, lambda_policy, checkpoint)
@@ -68,6 +70,7 @@ def noise_curve_command(
         existing = [path for path in curve_files(out).values() if path.exists()]
         if existing and not force:
             raise RobustCSCError(f"{existing[0]} already exists; pass --force to replace it or choose another --out")
+        check_writable_file(out, "--out")
     meta = read_metadata(checkpoint)
     refuse_lambdas_without_csc(checkpoint, meta, settings)
     base = dataset or meta.get("dataset")

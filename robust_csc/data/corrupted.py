@@ -36,14 +36,16 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import calculate_md5, extract_archive
 
 from robust_csc.corruptions.names import ALL, COMMON, EXTRA
+from robust_csc.data.images import read_rgb
 from robust_csc.errors import RobustCSCError
+from robust_csc.validation import regular_file
 
 # One list of names for the whole project: robust_csc.corruptions.names.
 COMMON_CORRUPTIONS: tuple[str, ...] = COMMON
@@ -210,7 +212,7 @@ class CifarCCell(Dataset):
 
     def _images(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         return self._array
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
@@ -235,6 +237,7 @@ def _resolve_cifar_c_folder(root: Path, variant: _CifarCVariant) -> Path:
 
 
 def _open_npy(path: Path, title: str) -> np.ndarray:
+    regular_file(path, f"{title} .npy", "replace it with the one from the extracted archive")  # a FIFO would block
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, EOFError) as exc:
@@ -558,13 +561,7 @@ class ImageNetCCell(Dataset):
         index = self.positions[i]
         wnid, file_name = self.entries[index]
         path = self.folder / wnid / file_name
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise RobustCSCError(
-                f"could not read ImageNet-C image {path} ({_brief(exc)}); replace it with the published file"
-            ) from None
+        rgb = read_rgb(path, "ImageNet-C image")  # bombs, truncation, FIFOs: one RobustCSCError
         return self.transform(rgb), self.class_to_idx[wnid], index
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from robust_csc.errors import RobustCSCError
+from robust_csc.validation import file_kind
 
 APP_NAME = "robust-csc"
 SCHEMA_VERSION = 1
@@ -222,6 +223,8 @@ class ResultsStore:
         self._conn: sqlite3.Connection | None = None
         if self.path.is_dir():
             raise RobustCSCError(f"{self.path} is a folder; pass a file name for the results store, such as {self.path / 'results.sqlite'}")
+        if self.path.exists() and not self.path.is_file():  # a FIFO or device: SQLite would block on it forever
+            raise RobustCSCError(f"{self.path} is a {file_kind(self.path)}, not a results store file; pass a file name")
         existing = self.path.exists() and self.path.stat().st_size > 0
         if existing:
             self._refuse_foreign_file()
