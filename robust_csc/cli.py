@@ -490,13 +490,14 @@ def corrupt(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
 ) -> None:
     """Write a corrupted copy of a 32x32 test set in the CIFAR-10-C layout (<corruption>.npy + labels.npy)."""
-    import tempfile
+    import shutil
 
     import numpy as np
 
     from robust_csc.corruptions import ALL, check_profile, corrupt_images
     from robust_csc.data import dataset_info
     from robust_csc.data.corrupted import SEVERITIES, write_cifar_c
+    from robust_csc.scratch import build_folder
 
     profile = check_profile(profile)
     info = dataset_info(dataset)
@@ -529,18 +530,22 @@ def corrupt(
         out.parent.mkdir(parents=True, exist_ok=True)
         # Each corruption's (5n, 32, 32, 3) block goes to a memory map next to the output,
         # so all 19 of full CIFAR (about 3 GB) never sit in memory at once.
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.build-", dir=out.parent) as scratch:
-            arrays = {}
-            for corruption in chosen:
-                _say(f"corrupting {n} {info.name} test images: {corruption}")
-                block = _reserved_memmap(Path(scratch) / f"{corruption}.npy", (len(SEVERITIES) * n, 32, 32, 3))
-                for severity in SEVERITIES:
-                    # Seeded per (seed, corruption, severity, test-set index): the same pixels as corrupt_images.
-                    block[(severity - 1) * n : severity * n] = corrupt_images(
-                        images, corruption, severity, profile=profile, seed=seed
-                    )
-                arrays[corruption] = block
-            folder = write_cifar_c(out, name, arrays, labels, overwrite=force)
+        # A killed run's scratch folder is removed by the next run (robust_csc.scratch).
+        with build_folder(out) as scratch:
+            try:
+                arrays = {}
+                for corruption in chosen:
+                    _say(f"corrupting {n} {info.name} test images: {corruption}")
+                    block = _reserved_memmap(scratch / f"{corruption}.npy", (len(SEVERITIES) * n, 32, 32, 3))
+                    for severity in SEVERITIES:
+                        # Seeded per (seed, corruption, severity, test-set index): the same pixels as corrupt_images.
+                        block[(severity - 1) * n : severity * n] = corrupt_images(
+                            images, corruption, severity, profile=profile, seed=seed
+                        )
+                    arrays[corruption] = block
+                folder = write_cifar_c(out, name, arrays, labels, overwrite=force)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     except OSError as err:
         raise RobustCSCError(
             f"could not write {out} ({os_reason(err)}); free space on that disk or choose a writable --out"

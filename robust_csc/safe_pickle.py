@@ -48,7 +48,7 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
     # Python 3 pickles bytes in protocol 2 as _codecs.encode(text, "latin1"); no other codec is admitted
     # (codecs such as "zlib" or "bz2" would turn a small file into a large object).
     if codecs.lookup(encoding).name != "iso8859-1" or errors != "strict":
-        raise pickle.UnpicklingError(f"_codecs.encode with codec {encoding!r}")
+        raise UnsafePickleError(f"_codecs.encode with codec {encoding!r}")
     return codecs.encode(text, "latin1")
 
 
@@ -82,7 +82,7 @@ def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
         raise pickle.UnpicklingError("a numpy dtype spelled other than by its type code")
     dtype = np.dtype(spec)
     if dtype.hasobject:
-        raise pickle.UnpicklingError("a numpy dtype holding Python objects")
+        raise UnsafePickleError("a numpy array of Python objects (each one unpickled in turn)")
     return dtype
 
 
@@ -145,7 +145,7 @@ def load_numpy_pickle(path: str | Path, *, what: str, fix: str, encoding: str = 
             obj = _NumpyUnpickler(f, encoding=encoding).load()
     except UnsafePickleError as err:
         raise UnsafePickleError(
-            f"{what} is not a plain data pickle: loading it would call {err} (code that runs on load), "
+            f"{what} is not a plain data pickle: it names {err}, code that would run on load, "
             f"so it was refused unread; {fix}"
         ) from None
     except OSError as err:
@@ -196,6 +196,14 @@ class _NamingUnpickler(pickle._Unpickler):
     not a class, which would end the dry run before the names after it.
     """
 
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _refuse_bytearray8(self) -> None:
+        # bytearray(n) is zero-filled before the n bytes are read: a length field alone could fill memory.
+        raise pickle.UnpicklingError("BYTEARRAY8 (protocol 5 out-of-band data, which torch never writes)")
+
+    dispatch[pickle.BYTEARRAY8[0]] = _refuse_bytearray8
+
     def __init__(self, file: BinaryIO) -> None:
         super().__init__(file, encoding="latin1")
         self.names: list[str] = []
@@ -206,6 +214,9 @@ class _NamingUnpickler(pickle._Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         return _Anything()
+
+
+SCAN_BYTES = 64 << 20  # the pickles of a .pt file name its tensors, not hold them: a few kB to MB
 
 
 def _scan(stream: BinaryIO, pickles: int) -> tuple[list[str], int]:
@@ -241,13 +252,18 @@ def torch_pickle_globals(path: str | Path) -> tuple[list[str], int]:
             members = [n for n in archive.namelist() if n.endswith("data.pkl")]
             if not members:
                 return [], 0
-            return _scan(io.BytesIO(archive.read(members[0])), 1)
-    with open(path, "rb") as f:
-        return _scan(f, 5)
+            with archive.open(members[0]) as member:  # at most what the header declares, and SCAN_BYTES
+                return _scan(io.BytesIO(member.read(SCAN_BYTES)), 1)
+    with open(path, "rb") as f:  # the pickles come first; the tensor bytes after them need no scan
+        return _scan(io.BytesIO(f.read(SCAN_BYTES)), 5)
 
 
-def _torch_allowed() -> set[str]:
-    """The globals torch.load(weights_only=True) accepts (its allowlist plus any the user registered)."""
+def _torch_allowed() -> tuple[set[str], bool]:
+    """(the globals torch.load(weights_only=True) accepts, whether that list is torch's own).
+
+    torch keeps its allowlist in a private helper; without it, names under
+    torch. are let through this pre-scan (torch's own check still refuses).
+    """
     import torch
 
     allowed: set[str] = set()
@@ -255,12 +271,13 @@ def _torch_allowed() -> set[str]:
         from torch._weights_only_unpickler import _get_allowed_globals
 
         allowed |= set(_get_allowed_globals())
-    except (ImportError, AttributeError):  # a torch without the private helper: the prefix rule below still holds
-        pass
+        exact = True
+    except (ImportError, AttributeError):
+        exact = False
     for item in torch.serialization.get_safe_globals():
         obj = item[0] if isinstance(item, tuple) else item
         allowed.add(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', ''))}")
-    return allowed
+    return allowed, exact
 
 
 def load_torch_file(
@@ -281,8 +298,8 @@ def load_torch_file(
         raise RobustCSCError(f"could not read {what} ({err.strerror or err}); {fix}") from None
     except Exception:  # a damaged zip container (BadZipFile, zlib.error, EOFError, ...)
         raise RobustCSCError(f"{what} is truncated or not a {kind}; {fix}") from None
-    allowed = _torch_allowed()
-    unsafe = [n for n in dict.fromkeys(names) if n not in allowed and not n.startswith("torch.")]
+    allowed, exact = _torch_allowed()
+    unsafe = [n for n in dict.fromkeys(names) if n not in allowed and (exact or not n.startswith("torch."))]
     if unsafe:
         raise UnsafePickleError(
             f"{what} contains code that would run on load ({', '.join(unsafe[:3])}); only plain state_dicts are "

@@ -25,6 +25,7 @@ the centre crop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import urllib.error
@@ -45,6 +46,7 @@ from torchvision.datasets.utils import calculate_md5, extract_archive
 from robust_csc.corruptions.names import ALL, COMMON, EXTRA
 from robust_csc.data.images import read_rgb
 from robust_csc.errors import RobustCSCError
+from robust_csc.scratch import build_folder
 from robust_csc.validation import regular_file
 
 # One list of names for the whole project: robust_csc.corruptions.names.
@@ -483,31 +485,35 @@ def write_cifar_c(
             f"output folder {folder} is not empty; pass --force (overwrite=True) to replace it or choose another folder"
         )
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = folder.with_name(f".{folder.name}.tmp-{tag}")
     old = folder.with_name(f".{folder.name}.old-{tag}")
-    try:
+    tmp = None
+    with contextlib.ExitStack() as lock:  # released last, after the build folder is gone
         try:
-            tmp.mkdir(parents=True)
-            for corruption in ALL_CORRUPTIONS:
-                if corruption in images:
-                    _save_npy(tmp / f"{corruption}.npy", np.ascontiguousarray(images[corruption], dtype=np.uint8))
-            _save_npy(tmp / "labels.npy", np.tile(labels.astype(np.uint8), len(SEVERITIES)))
-            if exists:
-                os.rename(folder, old)  # the old suite stays whole until the new one is in place
-            os.rename(tmp, folder)
-        except BaseException as exc:
-            if old.exists() and not folder.exists():
-                os.rename(old, folder)  # put the old suite back
-            if isinstance(exc, OSError):
-                raise RobustCSCError(
-                    f"could not write {folder} ({exc.strerror or _brief(exc)}); "
-                    "check that the folder is writable and the disk not full"
-                ) from None
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                # The build folder of a killed run is removed by the next one (robust_csc.scratch).
+                tmp = lock.enter_context(build_folder(folder))
+                for corruption in ALL_CORRUPTIONS:
+                    if corruption in images:
+                        _save_npy(tmp / f"{corruption}.npy", np.ascontiguousarray(images[corruption], dtype=np.uint8))
+                _save_npy(tmp / "labels.npy", np.tile(labels.astype(np.uint8), len(SEVERITIES)))
+                if exists:
+                    os.rename(folder, old)  # the old suite stays whole until the new one is in place
+                os.rename(tmp, folder)
+            except BaseException as exc:
+                if old.exists() and not folder.exists():
+                    os.rename(old, folder)  # put the old suite back
+                if isinstance(exc, OSError):
+                    raise RobustCSCError(
+                        f"could not write {folder} ({exc.strerror or _brief(exc)}); "
+                        "check that the folder is writable and the disk not full"
+                    ) from None
+                raise
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if folder.exists():
+                shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

@@ -22,6 +22,7 @@ from typing import Iterable
 import pandas as pd
 
 from robust_csc.errors import RobustCSCError
+from robust_csc.scratch import build_folder
 from robust_csc.validation import check_writable_folder, os_reason
 from robust_csc.evaluation.store import ResultsStore
 from robust_csc.reports import plots
@@ -41,7 +42,6 @@ from robust_csc.reports.cells import (
     tune_split,
 )
 from robust_csc.reports.formats import write_table
-from robust_csc.reports.scratch import build_folder
 from robust_csc.reports.page import Document, FigureItem, Link, Row, Section, TableItem, Text, render_html, render_markdown
 from robust_csc.reports import tables as T
 

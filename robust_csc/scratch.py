@@ -1,8 +1,8 @@
-"""The hidden folder a report is built in, and the removal of ones a killed run left behind.
+"""Hidden folders to build an output in, and the removal of ones a killed run left behind.
 
-A report is built in `.<out>.build-XXXX` beside its folder and renamed into
-place when complete. A run killed meanwhile (kill -9, a power cut) leaves
-that folder behind. Each build folder therefore has a lock file beside it,
+A report (or a CIFAR-C suite) is built in `.<out>.build-XXXX` beside its
+folder and renamed into place when complete. A run killed meanwhile (kill -9,
+a power cut) leaves that folder behind, a corruption suite's of gigabytes. Each build folder therefore has a lock file beside it,
 `.<out>.build-XXXX.lock`, created first and held with flock(2) for the whole
 build: the kernel drops the lock when its process dies however it dies, so
 a later run that can take the lock knows the folder is abandoned and removes
