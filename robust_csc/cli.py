@@ -153,7 +153,7 @@ def parse_lambda_settings(values: Optional[List[str]]) -> tuple:
         try:
             settings.append(LambdaSetting.parse(item))
         except RobustCSCError as err:
-            raise RobustCSCError(f"lambda {item!r} is not valid ({err}); pass a number >= 0, 'trained', stem=0.5 or scale=1.5") from None
+            raise RobustCSCError(f"lambda {item!r} is not valid ({err}); pass a number from 0 to 1000, 'trained', stem=0.5 or scale=1.5") from None
     return tuple(dict.fromkeys(settings))
 
 

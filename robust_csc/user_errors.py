@@ -19,6 +19,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import re
+from typing import Any, Iterable, Iterator
 
 from robust_csc.errors import RobustCSCError
 from robust_csc.validation import USER_ERRNOS, os_error_line
@@ -40,6 +41,26 @@ def worker_message(err: BaseException) -> str:
             if line.startswith(name):
                 return line[len(name) :]
     return text.strip().splitlines()[-1]
+
+
+def worker_errors(batches: Iterable[Any]) -> Iterator[Any]:
+    """The batches of a DataLoader, its workers stopped at once when one of them fails.
+
+    torch re-raises a worker's exception with the worker's traceback as its
+    message (a RobustCSCError comes back here with its one sentence), and
+    leaves the loader to the garbage collector, whose order (the queues
+    closed first) makes stopping the workers wait 5 s per worker.
+    """
+    iterator = iter(batches)
+    try:
+        yield from iterator
+    except BaseException as err:
+        stop = getattr(iterator, "_shutdown_workers", None)  # torch's own (private) way to stop them
+        if stop is not None:
+            stop()
+        if isinstance(err, RobustCSCError) and _WORKER.match(str(err)):
+            raise type(err)(worker_message(err)) from None
+        raise
 
 
 def as_user_error(err: BaseException) -> RobustCSCError | None:
@@ -68,4 +89,4 @@ def usage_error_line(err: Exception) -> str:
     return f"{message}; see '{command} --help' for the options and their values"
 
 
-__all__ = ["as_user_error", "usage_error_line", "worker_message"]
+__all__ = ["as_user_error", "usage_error_line", "worker_errors", "worker_message"]

@@ -509,6 +509,18 @@ def test_broken_images_in_an_imagenet_c_folder(capsys, tmp_path, shared, bad, wo
     assert rows_of(store) == {}  # the broken image is in the only corrupted cell
 
 
+def test_a_worker_failure_is_one_sentence_for_library_callers_too(tmp_path, shared):
+    from robust_csc.data.corrupted import load_imagenet_c
+    from robust_csc.evaluation.harness import evaluate_checkpoint
+
+    data = imagenet_c(tmp_path / "data", b"")
+    suite = load_imagenet_c(data, severities=[1])
+    with pytest.raises(RobustCSCError) as info:
+        evaluate_checkpoint(shared["inet"], suite, store=tmp_path / "s.sqlite", batch_size=2, num_workers=2)
+    message = str(info.value)
+    assert message.startswith("could not read ImageNet-C image") and "\n" not in message and "DataLoader" not in message
+
+
 # ---------------------------------------------------------------- 4. checked before written
 
 

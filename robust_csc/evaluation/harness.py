@@ -42,6 +42,7 @@ from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
 from robust_csc.runtime import model_device
+from robust_csc.user_errors import worker_errors
 from robust_csc.validation import refuse_nonfinite_outputs
 
 TRAINED = "trained"  # the lambda setting of a model run with the lambdas it was trained with
@@ -156,7 +157,7 @@ def _cell_batches(
         return
     sampler = _CellBatches([len(data) for data in datas], batch_size)
     loader = DataLoader(ConcatDataset(datas), batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
-    batches = iter(loader)
+    batches = worker_errors(loader)  # a failing worker: its sentence, and the workers stopped now
     for data in datas:
         yield itertools.islice(batches, sampler.batches_of(len(data)))
 

@@ -78,7 +78,7 @@ def check_metadata(path: Any, meta: Mapping[str, Any]) -> None:
         test, valid = _ARGUMENTS.get(name, (lambda v: True, ""))
         if not test(value):
             raise RobustCSCError(f"{path} has {name} {str(value)[:40]} in its metadata, which must be {valid}; {fix}")
-    if meta.get("num_classes", arguments.get("num_classes")) != arguments.get("num_classes", meta.get("num_classes")):
+    if "num_classes" in meta and "num_classes" in arguments and meta["num_classes"] != arguments["num_classes"]:
         raise RobustCSCError(f"{path} records two different class counts in its metadata; {fix}")
     lambdas = meta.get("lambda", {})
     if not isinstance(lambdas, Mapping):
