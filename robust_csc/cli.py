@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import typer
 
 from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
+from robust_csc.validation import check_device, check_writable_folder, os_reason
 
 app = typer.Typer(
     name="robust-csc",
@@ -152,7 +154,7 @@ def parse_lambda_settings(values: Optional[List[str]]) -> tuple:
         try:
             settings.append(LambdaSetting.parse(item))
         except RobustCSCError as err:
-            raise RobustCSCError(f"lambda {item!r} is not valid ({err}); pass a number >= 0, 'trained', stem=0.5 or scale=1.5") from None
+            raise RobustCSCError(f"lambda {item!r} is not valid ({err}); pass a number from 0 to 1000, 'trained', stem=0.5 or scale=1.5") from None
     return tuple(dict.fromkeys(settings))
 
 
@@ -244,23 +246,6 @@ def policy_suite_options(policy: Any, policy_path: Path, given: dict) -> dict:
             )
         out[name] = value
     return out
-
-
-def check_policy_cells(policies: tuple, corruptions: tuple, severities: tuple, clean: bool) -> None:
-    """Refuse, before anything runs, a per-cell policy asked for a cell it has no lambda for."""
-    for policy in policies:
-        cells = getattr(policy, "cells", None)
-        if cells is None:
-            continue
-        wanted = [(c, s) for c in corruptions for s in severities] + ([("none", 0)] if clean else [])
-        missing = [cell for cell in wanted if cell not in cells]
-        if missing:
-            corruption, severity = missing[0]
-            what = "the clean cell" if corruption == "none" else f"{corruption} severity {severity}"
-            raise RobustCSCError(
-                f"lambda policy {policy.name} has no lambda for {what} ({len(missing)} cells in all); pass --corruptions "
-                "and --severities it was tuned on, or use a recon-rule policy (tune-lambda --rule recon)"
-            )
 
 
 @dataclass
@@ -448,6 +433,7 @@ def evaluate(
 
     # Everything a user can get wrong is checked before the store is opened,
     # so a refused call leaves an existing store (or a stray file) untouched.
+    device = check_device(device)
     checkpoint = M.load_model_option(checkpoint, model, weights, num_classes, mean, std, model_dir, allow_download)
     chosen_lambdas = lambda_settings(lambdas, lambda_policy, checkpoint)
     policies = tuple(s for s in chosen_lambdas if hasattr(s, "scoring_plan"))
@@ -474,7 +460,7 @@ def evaluate(
     refuse_lambdas_without_csc(checkpoint, meta, chosen_lambdas + chosen_tta)
     refuse_tta_misfits(checkpoint, chosen_tta, batch_size)
     built, clean, clean_note, split = chosen.suite, chosen.clean, chosen.clean_note, chosen.split
-    check_policy_cells(policies, built.corruptions, built.severities, clean is not None)
+    refuse_uncovered_cells(chosen_lambdas + chosen_tta, built, clean)
     if policies:
         policies[0].scoring_plan(built.name, built.images_per_cell, split)  # refused here, before the store opens
 
@@ -509,9 +495,18 @@ def evaluate(
     _say(f"store: {store}, cells run {result.cells_run}, skipped {result.cells_skipped}")
 
 
+def refuse_uncovered_cells(settings: tuple, suite, clean) -> None:
+    """One line, before the store opens, when a tuned grid policy has no lambda for a cell the suite runs."""
+    from robust_csc.lambdas import check_settings_cover
+
+    cells = ([("none", 0)] if clean is not None else []) + [(c.corruption, c.severity) for c in suite.cells()]
+    check_settings_cover(settings, cells)
+
+
 def _cifar_clean(suite_name: str, root: Path, n_examples: Optional[int], verify_checksums: bool = True):
     """(the clean CIFAR test set beside a CIFAR-C folder, "") or (None, why not): optional for stored suites."""
     from robust_csc.data.generated import generated_clean
+    from robust_csc.safe_pickle import UnsafePickleError
 
     base = suite_name[: -len("-c")]  # cifar10-c -> cifar10
     # data/ usually holds both cifar-10-batches-py and CIFAR-10-C; root may also be the CIFAR-C folder itself.
@@ -520,6 +515,8 @@ def _cifar_clean(suite_name: str, root: Path, n_examples: Optional[int], verify_
     for candidate in roots:
         try:
             return generated_clean(base, "test", candidate, n_examples, verify_checksums=verify_checksums), ""
+        except UnsafePickleError:
+            raise  # a file that would run code is refused outright, never passed over as a missing clean cell
         except RobustCSCError as err:
             reason = _one_line(str(err))
     hint = " (--no-verify-checksums accepts a copy whose files differ from the published ones)" if verify_checksums else ""
@@ -564,13 +561,14 @@ def corrupt(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
 ) -> None:
     """Write a corrupted copy of a 32x32 test set in the CIFAR-10-C layout (<corruption>.npy + labels.npy)."""
-    import tempfile
+    import shutil
 
     import numpy as np
 
     from robust_csc.corruptions import ALL, check_profile, corrupt_images
     from robust_csc.data import dataset_info
     from robust_csc.data.corrupted import SEVERITIES, write_cifar_c
+    from robust_csc.scratch import build_folder
 
     profile = check_profile(profile)
     info = dataset_info(dataset)
@@ -594,29 +592,52 @@ def corrupt(
         raise RobustCSCError(f"{out} exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise RobustCSCError(f"output folder {out} is not empty; pass --force to replace it or choose another folder")
+    check_writable_folder(out.parent, "--out", shown=out)  # the scratch files and the result go there
     name = "cifar100-c" if info.num_classes == 100 else "cifar10-c"
     images, labels = _test_images(info.name, data_root, download, n_examples)
     n = len(labels)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Each corruption's (5n, 32, 32, 3) block goes to a memory map next to the output,
-    # so all 19 of full CIFAR (about 3 GB) never sit in memory at once.
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.build-", dir=out.parent) as scratch:
-        arrays = {}
-        for corruption in chosen:
-            _say(f"corrupting {n} {info.name} test images: {corruption}")
-            block = np.lib.format.open_memmap(
-                Path(scratch) / f"{corruption}.npy", mode="w+", dtype=np.uint8, shape=(len(SEVERITIES) * n, 32, 32, 3)
-            )
-            for severity in SEVERITIES:
-                # Seeded per (seed, corruption, severity, test-set index): the same pixels as corrupt_images.
-                block[(severity - 1) * n : severity * n] = corrupt_images(
-                    images, corruption, severity, profile=profile, seed=seed
-                )
-            arrays[corruption] = block
-        folder = write_cifar_c(out, name, arrays, labels, overwrite=force)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Each corruption's (5n, 32, 32, 3) block goes to a memory map next to the output,
+        # so all 19 of full CIFAR (about 3 GB) never sit in memory at once.
+        # A killed run's scratch folder is removed by the next run (robust_csc.scratch).
+        with build_folder(out) as scratch:
+            try:
+                arrays = {}
+                for corruption in chosen:
+                    _say(f"corrupting {n} {info.name} test images: {corruption}")
+                    block = _reserved_memmap(scratch / f"{corruption}.npy", (len(SEVERITIES) * n, 32, 32, 3))
+                    for severity in SEVERITIES:
+                        # Seeded per (seed, corruption, severity, test-set index): the same pixels as corrupt_images.
+                        block[(severity - 1) * n : severity * n] = corrupt_images(
+                            images, corruption, severity, profile=profile, seed=seed
+                        )
+                    arrays[corruption] = block
+                folder = write_cifar_c(out, name, arrays, labels, overwrite=force)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except OSError as err:
+        raise RobustCSCError(
+            f"could not write {out} ({os_reason(err)}); free space on that disk or choose a writable --out"
+        ) from None
     load_hint = "" if n == 10000 else f" --images-per-severity {n}"
     _say(f"wrote {folder}: {len(chosen)} corruptions x 5 severities x {n} images ({name} layout{load_hint})")
+
+
+def _reserved_memmap(path: Path, shape: tuple):
+    """A uint8 .npy memory map whose disk blocks are reserved now.
+
+    Pages of a memory map are written back later; on a full disk that write
+    kills the process with SIGBUS. posix_fallocate makes a full disk an
+    ENOSPC OSError here instead, before any work.
+    """
+    import numpy as np
+
+    block = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return block
 
 
 @app.command("convert-official")
@@ -671,13 +692,50 @@ def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: runs the app; a RobustCSCError becomes `error: ...` and exit code 2."""
+def _click_errors():
+    """click's exception module: typer vendors click as typer._click; older typers depend on click itself."""
     try:
-        app(args=argv, prog_name="robust-csc")
-    except RobustCSCError as err:
-        print(f"error: {_one_line(str(err))}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _fail(line: str) -> None:
+    print(f"error: {_one_line(line)}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the app; every user-caused failure becomes `error: ...` and exit code 2.
+
+    Besides RobustCSCError that is a bad option value (click's multi-line usage
+    block becomes one line), an OSError of the environment (full disk, read-only
+    folder), and a failure inside a DataLoader worker (see robust_csc.user_errors).
+    """
+    from robust_csc.user_errors import as_user_error, usage_error_line
+
+    click = _click_errors()
+    try:
+        # standalone_mode=False: click raises its usage errors instead of printing a usage block and exiting.
+        result = app(args=argv, prog_name="robust-csc", standalone_mode=False)
+    except getattr(click, "NoArgsIsHelpError", ()) as err:  # bare `robust-csc`: the help, as before
+        err.show()
+        sys.exit(err.exit_code)
+    except click.UsageError as err:
+        _fail(usage_error_line(err))
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        _fail(err.format_message())
+    except Exception as err:
+        user = as_user_error(err)
+        if user is None:
+            raise
+        _fail(str(user))
+    # A command's return value is None; --help and typer.Exit give their exit code.
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":

@@ -7,3 +7,8 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 # The standard ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The largest lambda (and lambda scale) any setting, policy or checkpoint may carry.
+# Images are normalised inside the model and atoms have unit norm, so a code entry
+# is at most a few tens; a lambda far above that only zeroes every code.
+MAX_LAMBDA = 1000.0

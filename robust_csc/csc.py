@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robust_csc.constants import MAX_LAMBDA
 from robust_csc.errors import RobustCSCError
 
 LambdaValue = Union[float, Tensor]
@@ -265,9 +266,11 @@ def check_lambda(value: LambdaValue) -> LambdaValue:
                 f"a per-sample lambda must be a 1-D tensor of shape (batch,), got shape {tuple(value.shape)}; "
                 "pass one value per image"
             )
-        bad = ~torch.isfinite(value) | (value < 0)
+        bad = ~torch.isfinite(value) | (value < 0) | (value > MAX_LAMBDA)
         if bool(bad.any()):
-            raise RobustCSCError("every lambda must be a finite number >= 0; fix the per-sample lambda tensor")
+            raise RobustCSCError(
+                f"every lambda must be a finite number from 0 to {MAX_LAMBDA:g}; fix the per-sample lambda tensor"
+            )
         return value.detach()
     if isinstance(value, (str, bytes, bool)):
         raise RobustCSCError(f"lambda must be a number, got {value!r}; pass e.g. 0.1")
@@ -277,6 +280,8 @@ def check_lambda(value: LambdaValue) -> LambdaValue:
         raise RobustCSCError(f"lambda must be a number, got {value!r}; pass e.g. 0.1") from None
     if not math.isfinite(number) or number < 0:
         raise RobustCSCError(f"lambda must be a finite number >= 0, got {value!r}; pass e.g. 0.1")
+    if number > MAX_LAMBDA:
+        raise RobustCSCError(f"lambda {value!r} is absurdly large (it zeroes every code); pass a number from 0 to {MAX_LAMBDA:g}")
     return number
 
 

@@ -21,10 +21,11 @@ import contextlib
 import math
 import numbers
 from dataclasses import dataclass
-from typing import ContextManager, Iterator, Protocol, runtime_checkable
+from typing import ContextManager, Iterable, Iterator, Protocol, runtime_checkable
 
 from torch import nn
 
+from robust_csc.constants import MAX_LAMBDA
 from robust_csc.csc import csc_layers, get_lambda, lambda_override, select_csc_layers
 from robust_csc.errors import RobustCSCError
 
@@ -43,6 +44,8 @@ class LambdaPolicyLike(Protocol):
 def _check_value(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise RobustCSCError(f"{what} {value!r} is invalid; pass a finite number >= 0")
+    if value > MAX_LAMBDA:
+        raise RobustCSCError(f"{what} {value!r} is absurdly large (it zeroes every code); pass a number from 0 to {MAX_LAMBDA:g}")
     return float(value)
 
 
@@ -153,4 +156,23 @@ def check_model_takes(model: nn.Module, setting: object, model_name: str) -> Non
         )
 
 
-__all__ = ["KINDS", "LambdaPolicyLike", "LambdaSetting", "as_setting", "check_model_takes", "fitted_part", "needs_csc"]
+def check_settings_cover(settings: Iterable[object], cells: Iterable[tuple[str, int]]) -> None:
+    """Refuse, before any cell runs, a setting that has no lambda for one of the cells (a tuned grid policy,
+    alone or inside a composed setting).
+
+    A grid policy answers value_for(corruption, severity) only for the cells it
+    was tuned on; found missing mid-run, the cells before it would already be stored.
+    """
+    cells = list(cells)
+    for setting in settings:
+        value_for = getattr(fitted_part(setting), "value_for", None)
+        if value_for is None:
+            continue
+        for corruption, severity in cells:
+            value_for(corruption, severity)  # raises a RobustCSCError naming the cell and the fix
+
+
+__all__ = [
+    "KINDS", "LambdaPolicyLike", "LambdaSetting", "as_setting", "check_model_takes", "check_settings_cover",
+    "fitted_part", "needs_csc",
+]

@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from robust_csc.errors import RobustCSCError
 from robust_csc.models import create_model
 from robust_csc.models.checkpoints import save_checkpoint
 from robust_csc.runtime import keep_freed_memory
+from robust_csc.safe_pickle import UnsafePickleError, load_torch_file
 
 RESUME_FORMAT = 1
 LAST_NAME = "last.safetensors"
@@ -403,12 +403,13 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _read_resume(path: Path) -> dict:
+    fix = "delete it or pass --no-resume to start over"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise RobustCSCError(
-            f"{path} is unreadable ({type(err).__name__}); delete it or pass --no-resume to start over"
-        ) from None
+        state = load_torch_file(path, what=f"resume file {path}", fix=fix)
+    except UnsafePickleError:
+        raise
+    except RobustCSCError:
+        raise RobustCSCError(f"{path} is unreadable (truncated or not a resume file); {fix}") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise RobustCSCError(f"{path} is not a robust-csc resume file; delete it or pass --no-resume to start over")
     return state

@@ -11,6 +11,7 @@ import typer
 from robust_csc.cli import _items, _not_negative, _positive, _say, app
 from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
+from robust_csc.validation import check_device
 
 
 def _attack_items(values: List[str]) -> List[str]:
@@ -88,11 +89,7 @@ def attack(
     _not_negative(seed, "--seed")
     if lam is not None and lambda_policy is not None:
         raise RobustCSCError("--lambda and --lambda-policy both set the lambdas; pass one of them")
-    if device is not None:
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise RobustCSCError(f"unknown device {device!r}; pass cpu, cuda or cuda:N") from None
+    device = check_device(device)
     checkpoint = M.load_model_option(checkpoint, model, weights, num_classes, mean, std, model_dir, allow_download)
     meta = checkpoint.meta
     setting = LambdaSetting.parse(lam) if lam is not None else None

@@ -11,6 +11,7 @@ import typer
 from robust_csc.cli import _not_negative, _positive, _say, _workers, app, lambda_settings, refuse_lambdas_without_csc
 from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
+from robust_csc.validation import check_device, check_writable_file
 
 LEVELS_HINT = "write start:stop:count (e.g. 0:0.3:7) or a comma list (e.g. 0,0.05,0.1)"
 
@@ -62,6 +63,7 @@ def noise_curve_command(
     from robust_csc.tuning.grid import parse_number_list
 
     # Every mistake is refused before any model runs and before a file is written.
+    device = check_device(device)
     kind = noise_kind(kind)
     values = check_levels(kind, parse_number_list(levels, "noise levels", LEVELS_HINT))
     checkpoint = M.load_model_option(checkpoint, model, weights, num_classes, mean, std, model_dir, allow_download)
@@ -76,6 +78,7 @@ def noise_curve_command(
         existing = [path for path in curve_files(out).values() if path.exists()]
         if existing and not force:
             raise RobustCSCError(f"{existing[0]} already exists; pass --force to replace it or choose another --out")
+        check_writable_file(out, "--out")
     meta = checkpoint.meta
     refuse_lambdas_without_csc(checkpoint, meta, settings)
     policies = [s for s in settings if hasattr(s, "reporting_images")]

@@ -11,6 +11,7 @@ import typer
 from robust_csc.cli import _positive, _say, _workers, app, build_suite
 from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
+from robust_csc.validation import check_device, check_writable_file
 
 
 @app.command("tune-lambda")
@@ -60,8 +61,10 @@ def tune_lambda(
     from robust_csc.tuning.tuner import tune_checkpoint
 
     # Every mistake is refused before the store opens and before any model runs.
+    device = check_device(device)
     if out.exists() and not force:
         raise RobustCSCError(f"{out} already exists; pass --force to replace it or choose another --out")
+    check_writable_file(out, "--out")  # the policy is written after the sweep: its folder is tried first
     layers = check_layers(layers.lower())
     if rule not in RULES:
         raise RobustCSCError(f"unknown --rule {rule!r}; use grid or recon")

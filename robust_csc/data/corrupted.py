@@ -25,6 +25,7 @@ the centre crop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import urllib.error
@@ -36,14 +37,17 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import calculate_md5, extract_archive
 
 from robust_csc.corruptions.names import ALL, COMMON, EXTRA
+from robust_csc.data.images import read_rgb
 from robust_csc.errors import RobustCSCError
+from robust_csc.scratch import build_folder
+from robust_csc.validation import regular_file
 
 # One list of names for the whole project: robust_csc.corruptions.names.
 COMMON_CORRUPTIONS: tuple[str, ...] = COMMON
@@ -210,7 +214,7 @@ class CifarCCell(Dataset):
 
     def _images(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         return self._array
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
@@ -235,6 +239,7 @@ def _resolve_cifar_c_folder(root: Path, variant: _CifarCVariant) -> Path:
 
 
 def _open_npy(path: Path, title: str) -> np.ndarray:
+    regular_file(path, f"{title} .npy", "replace it with the one from the extracted archive")  # a FIFO would block
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, EOFError) as exc:
@@ -480,31 +485,35 @@ def write_cifar_c(
             f"output folder {folder} is not empty; pass --force (overwrite=True) to replace it or choose another folder"
         )
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = folder.with_name(f".{folder.name}.tmp-{tag}")
     old = folder.with_name(f".{folder.name}.old-{tag}")
-    try:
+    tmp = None
+    with contextlib.ExitStack() as lock:  # released last, after the build folder is gone
         try:
-            tmp.mkdir(parents=True)
-            for corruption in ALL_CORRUPTIONS:
-                if corruption in images:
-                    _save_npy(tmp / f"{corruption}.npy", np.ascontiguousarray(images[corruption], dtype=np.uint8))
-            _save_npy(tmp / "labels.npy", np.tile(labels.astype(np.uint8), len(SEVERITIES)))
-            if exists:
-                os.rename(folder, old)  # the old suite stays whole until the new one is in place
-            os.rename(tmp, folder)
-        except BaseException as exc:
-            if old.exists() and not folder.exists():
-                os.rename(old, folder)  # put the old suite back
-            if isinstance(exc, OSError):
-                raise RobustCSCError(
-                    f"could not write {folder} ({exc.strerror or _brief(exc)}); "
-                    "check that the folder is writable and the disk not full"
-                ) from None
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                # The build folder of a killed run is removed by the next one (robust_csc.scratch).
+                tmp = lock.enter_context(build_folder(folder))
+                for corruption in ALL_CORRUPTIONS:
+                    if corruption in images:
+                        _save_npy(tmp / f"{corruption}.npy", np.ascontiguousarray(images[corruption], dtype=np.uint8))
+                _save_npy(tmp / "labels.npy", np.tile(labels.astype(np.uint8), len(SEVERITIES)))
+                if exists:
+                    os.rename(folder, old)  # the old suite stays whole until the new one is in place
+                os.rename(tmp, folder)
+            except BaseException as exc:
+                if old.exists() and not folder.exists():
+                    os.rename(old, folder)  # put the old suite back
+                if isinstance(exc, OSError):
+                    raise RobustCSCError(
+                        f"could not write {folder} ({exc.strerror or _brief(exc)}); "
+                        "check that the folder is writable and the disk not full"
+                    ) from None
+                raise
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if folder.exists():
+                shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -558,13 +567,7 @@ class ImageNetCCell(Dataset):
         index = self.positions[i]
         wnid, file_name = self.entries[index]
         path = self.folder / wnid / file_name
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise RobustCSCError(
-                f"could not read ImageNet-C image {path} ({_brief(exc)}); replace it with the published file"
-            ) from None
+        rgb = read_rgb(path, "ImageNet-C image")  # bombs, truncation, FIFOs: one RobustCSCError
         return self.transform(rgb), self.class_to_idx[wnid], index
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from torchvision import datasets, transforms
 
+from robust_csc.data.images import read_rgb_file
 from robust_csc.errors import RobustCSCError
 
 _LAYOUT_FIX = "lay the validation images out as <root>/<wnid>/<file>.JPEG, one folder per class"
@@ -34,7 +35,7 @@ def load_imagenet_val(root: str | Path) -> datasets.ImageFolder:
     if not any(p.is_dir() for p in folder.iterdir()):
         raise RobustCSCError(f"ImageNet folder {folder} has no class sub-folders; {_LAYOUT_FIX}")
     try:
-        return datasets.ImageFolder(str(folder), transform=imagenet_transform())
+        return datasets.ImageFolder(str(folder), transform=imagenet_transform(), loader=read_rgb_file)
     except FileNotFoundError as exc:
         # ImageFolder refuses class folders that hold no image files.
         raise RobustCSCError(

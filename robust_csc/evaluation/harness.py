@@ -52,12 +52,14 @@ from robust_csc.csc import csc_layers, record_stats
 from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.deployed import eval_only, frozen_state
 from robust_csc.errors import RobustCSCError
-from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes, fitted_part
+from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes, check_settings_cover, fitted_part
 from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
 from robust_csc.evaluation.outcomes import Outcomes
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
 from robust_csc.models.sources import as_loaded, identify
 from robust_csc.runtime import model_device
+from robust_csc.user_errors import worker_errors
+from robust_csc.validation import refuse_nonfinite_outputs
 
 TRAINED = "trained"  # the lambda setting of a model run with the lambdas it was trained with
 
@@ -180,7 +182,7 @@ def _cell_batches(
         return
     sampler = _CellBatches([len(data) for data in datas], batch_size)
     loader = DataLoader(ConcatDataset(datas), batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
-    batches = iter(loader)
+    batches = worker_errors(loader)  # a failing worker: its sentence, and the workers stopped now
     for data in datas:
         yield itertools.islice(batches, sampler.batches_of(len(data)))
 
@@ -221,6 +223,7 @@ def _run_cell(
                 images = images.to(device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(device, non_blocking=True)
                 logits = run(images)
+                refuse_nonfinite_outputs(logits, f"cell {cell.corruption} {cell.severity} at lambda {cell.setting.name}")
                 right = logits.argmax(dim=1) == labels
                 correct += right.sum()
                 flag_parts.append(right)
@@ -302,6 +305,7 @@ def evaluate(
     corrupted = [(cell.corruption, cell.severity) for cell in suite.cells()]
     if not corrupted and clean is None:
         raise RobustCSCError(f"the suite {suite.name} selects no cells and no clean set was given; select at least one corruption and severity")
+    check_settings_cover(settings, ([(CLEAN, 0)] if clean is not None else []) + corrupted)  # before any cell is stored
     suite, clean, split, never_score = scoring_split(settings, suite, clean, split)
     base_key = CellKey(model_name, checkpoint_sha256, dataset, split)  # checks the identity fields up front
     device = model_device(model) if device is None else torch.device(device)

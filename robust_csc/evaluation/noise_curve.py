@@ -29,6 +29,7 @@ from robust_csc.evaluation.stats import wilson_columns
 from robust_csc.evaluation.harness import _check_int
 from robust_csc.lambdas import as_setting, check_model_takes, fitted_part
 from robust_csc.runtime import model_device
+from robust_csc.user_errors import worker_errors
 
 COLUMNS = ("kind", "level", "lambda_setting", "n", "correct", "accuracy", "low", "high")
 
@@ -120,11 +121,11 @@ def noise_curve(
     never_score = torch.cat(never) if never else None
     n = 0
     model.to(device)
-    batches = loader
+    batches = worker_errors(loader)  # a failing worker: its sentence, and the workers stopped now
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc=f"{model_name} {kind} noise", unit="batch")
+        batches = tqdm(batches, desc=f"{model_name} {kind} noise", unit="batch", total=len(loader))
     with frozen_state(model, f"the noise curve of {model_name}"), torch.inference_mode():
         for batch in batches:
             images, labels = batch[0].to(device, non_blocking=True), torch.as_tensor(batch[1]).to(device)

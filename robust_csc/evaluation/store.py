@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping
 
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.outcomes import Outcomes
+from robust_csc.validation import file_kind
 
 APP_NAME = "robust-csc"
 SCHEMA_VERSION = 2
@@ -261,6 +262,8 @@ class ResultsStore:
         self._values: tuple[str, ...] = VALUE_COLUMNS
         if self.path.is_dir():
             raise RobustCSCError(f"{self.path} is a folder; pass a file name for the results store, such as {self.path / 'results.sqlite'}")
+        if self.path.exists() and not self.path.is_file():  # a FIFO or device: SQLite would block on it forever
+            raise RobustCSCError(f"{self.path} is a {file_kind(self.path)}, not a results store file; pass a file name")
         existing = self.path.exists() and self.path.stat().st_size > 0
         if existing:
             self._refuse_foreign_file()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,12 +25,16 @@ from robust_csc import __version__
 from robust_csc.csc import csc_layers, get_lambda, set_lambda
 from robust_csc.atomic import atomic_write
 from robust_csc.errors import RobustCSCError
+from robust_csc.models.metadata import build_fitting, check_finite, check_metadata, shape_mismatches
 from robust_csc.models.registry import create_model, list_models, model_arguments
+from robust_csc.safe_pickle import load_torch_file
+from robust_csc.validation import parse_json, regular_file
 
 FORMAT_VERSION = 1
 METADATA_KEY = "robust_csc"
 WRAPPER_KEYS = ("state_dict", "model", "net")  # how training scripts commonly wrap a state_dict
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.compile
+MAX_METADATA_BYTES = 4 << 20  # the metadata of a trained model is a few kB
 
 
 # ----------------------------------------------------------------------------
@@ -43,10 +46,6 @@ def _some(names: list[str], limit: int = 3) -> str:
     """The first few names and how many more, for one-line messages."""
     shown = ", ".join(names[:limit])
     return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
-
-
-def _shape(t: Tensor) -> str:
-    return str(tuple(t.shape))
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -66,12 +65,8 @@ def _jsonable(value: Any, where: str) -> Any:
 
 
 def _existing_file(path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise RobustCSCError(f"no checkpoint at {path}; check the path")
-    if not path.is_file():
-        raise RobustCSCError(f"{path} is a folder, not a checkpoint file; pass the path of the file itself")
-    return path
+    # A FIFO or device is named, never opened: reading a FIFO would wait forever.
+    return regular_file(path, "checkpoint", "pass the path of the checkpoint file itself")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -122,10 +117,13 @@ def _parse_metadata(path: Path, header: dict[str, str]) -> dict:
             "load it with load_weights_into into a model built with create_model"
         )
     corrupted = RobustCSCError(f"{path} has corrupted robust_csc metadata; re-download or re-save it")
+    meta = parse_json(
+        header[METADATA_KEY], what=f"the robust_csc metadata of {path}", fix="re-download or re-save the checkpoint",
+        max_bytes=MAX_METADATA_BYTES,
+    )
     try:
-        meta = json.loads(header[METADATA_KEY])
         version = int(meta["format_version"])
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError):
         raise corrupted from None
     if version > FORMAT_VERSION:  # checked first: a newer format may lay the rest out differently
         raise RobustCSCError(
@@ -134,26 +132,17 @@ def _parse_metadata(path: Path, header: dict[str, str]) -> dict:
         )
     if not isinstance(meta.get("arch"), str) or not isinstance(meta.get("arguments"), dict):
         raise corrupted
+    check_metadata(path, meta)  # types and ranges, before anything is built from them
     return meta
 
 
 def safe_torch_load(path, map_location="cpu") -> Any:
-    """What a .pt/.pth file holds, read with torch.load(weights_only=True): code in the pickle is refused, never run."""
+    """What a .pt/.pth file holds, read with torch.load(weights_only=True) after a scan that refuses any pickle
+    naming code (robust_csc.safe_pickle): code in the file is refused, never run."""
     path = _existing_file(path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        unsafe = re.search(r"GLOBAL (\S+)", str(err))
-        if unsafe is None:  # the weights-only unpickler met bytes it cannot parse, not a forbidden call
-            raise RobustCSCError(
-                f"{path} is truncated or not a PyTorch state_dict; re-download or re-save it"
-            ) from None
-        raise RobustCSCError(
-            f"{path} contains code that would run on load ({unsafe.group(1)}); only plain state_dicts are accepted, "
-            "so re-save it from a trusted environment with torch.save(model.state_dict(), path)"
-        ) from None
-    except Exception:  # damaged bytes make the unpickler fail in arbitrary ways (IndexError, KeyError, ...)
-        raise RobustCSCError(f"{path} is truncated or not a PyTorch state_dict; re-download or re-save it") from None
+    return load_torch_file(
+        path, map_location=map_location, what=str(path), fix="re-download or re-save it", kind="PyTorch state_dict"
+    )
 
 
 def _torch_state_dict(path: Path, map_location="cpu") -> dict[str, Tensor]:
@@ -183,27 +172,26 @@ def _plain_state_dict(obj: Any, source) -> dict[str, Tensor]:
 
 def _load_strict(model: nn.Module, tensors: Mapping[str, Tensor], source) -> None:
     """load_state_dict(strict=True), with every mismatch named in one line first."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    shapes = [
-        f"{k} has shape {_shape(tensors[k])} in the file but {_shape(v)} in the model"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} key(s) missing from the file ({_some(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s) in the file ({_some(unexpected)})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es): {_some(shapes, 2)}")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = shape_mismatches(expected, {k: tuple(t.shape) for k, t in tensors.items()})
     if problems:
         raise RobustCSCError(
             f"{source} does not fit the model: {'; '.join(problems)}; "
             "build the model with the architecture and arguments the weights were saved from"
         )
+    check_finite(tensors, source)
     model.load_state_dict(tensors, strict=True)
+
+
+def _header_shapes(path: Path) -> dict[str, tuple]:
+    """Each tensor's shape from the safetensors header: nothing is allocated."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError):
+        raise RobustCSCError(
+            f"{path} is truncated or not a safetensors checkpoint; re-download or re-save it"
+        ) from None
 
 
 # ----------------------------------------------------------------------------
@@ -278,7 +266,7 @@ def load_checkpoint(
             f"{path} has {meta.get('num_classes')} classes but {expect_num_classes} were expected; "
             "pass a checkpoint trained on the data set you evaluate"
         )
-    model = create_model(meta["arch"], **meta["arguments"])
+    model = build_fitting(meta["arch"], meta["arguments"], _header_shapes(path), path)
     tensors, _ = _read_safetensors(path, tensors=True)
     _load_strict(model, tensors, path)
     set_lambda(model, meta.get("lambda", {}))
@@ -384,8 +372,6 @@ def convert_official_state_dict(
         shortcut = any("shortcut." in k for k in official)
     if shortcut is not None and "shortcut" in model_arguments(arch):
         kwargs["shortcut"] = shortcut
-    model = create_model(arch, **kwargs)
-
     ours: dict[str, Tensor] = {}
     from_dictionary = set()  # our module names that were CSC layers (.dn) in the file
     for key, tensor in official.items():
@@ -395,6 +381,8 @@ def convert_official_state_dict(
         ours[name] = tensor
         if ".dn." in key:
             from_dictionary.add(name.rsplit(".", 1)[0])
+    # The width comes from the file: a skeleton on the meta device checks every shape before any allocation.
+    model = build_fitting(arch, kwargs, {k: tuple(v.shape) for k, v in ours.items()}, "the official state_dict")
     # Same names and shapes are not enough: a dictionary must land in a CSC layer and vice versa.
     csc, modules = set(csc_layers(model)), {name for name, _ in model.named_modules()}
     present = {k.rsplit(".", 1)[0] for k in ours}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +22,8 @@ from typing import Iterable
 import pandas as pd
 
 from robust_csc.errors import RobustCSCError
+from robust_csc.scratch import build_folder
+from robust_csc.validation import check_writable_folder, os_reason
 from robust_csc.evaluation.store import ResultsStore
 from robust_csc.reports import plots
 from robust_csc.reports.cells import (
@@ -186,24 +187,29 @@ def write_report(
     frame, where = _read_frame(store)
     shown = _select(frame, where, models, baseline)
     loaded = _load_checkpoints(checkpoints, shown)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    check_writable_folder(out_dir.parent, "--out", shown=out_dir)  # before any work: a read-only folder or a full disk
     try:
-        build_report(
-            Cells.from_frame(shown),
-            built,
-            reference=Cells.from_frame(frame),
-            baseline=baseline,
-            checkpoints=loaded,
-            title=title,
-            store_name=where,
-            data_root=data_root,
-        )
-        os.chmod(built, 0o755)  # mkdtemp makes it private; a report is for reading
-        _swap_into_place(built, out_dir)
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with build_folder(out_dir) as built:  # removes the build folders of killed runs first
+            try:
+                build_report(
+                    Cells.from_frame(shown),
+                    built,
+                    reference=Cells.from_frame(frame),
+                    baseline=baseline,
+                    checkpoints=loaded,
+                    title=title,
+                    store_name=where,
+                    data_root=data_root,
+                )
+                _swap_into_place(built, out_dir)
+            except BaseException:
+                shutil.rmtree(built, ignore_errors=True)
+                raise
+    except OSError as err:
+        raise RobustCSCError(
+            f"could not write the report to {out_dir} ({os_reason(err)}); free space on that disk or choose a writable --out"
+        ) from None
     return out_dir / "index.html"
 
 

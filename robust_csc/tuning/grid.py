@@ -27,6 +27,7 @@ DEFAULT_GRIDS = {
     "all": tuple(np.linspace(0.1, 1.4, 14).round(10).tolist()),
     "scale": tuple(np.linspace(0.5, 5.0, 10).round(10).tolist()),
 }
+MAX_VALUES = 10_000  # a grid or level list longer than this is a typo, not a sweep
 _GRID_HINT = "write start:stop:count (e.g. 0.1:1.4:14) or a comma list (e.g. 0.1,0.3,0.5)"
 
 
@@ -87,9 +88,13 @@ def parse_number_list(text: str, what: str, hint: str) -> list[float]:
             raise RobustCSCError(f"{what} {text!r} is malformed; {hint}") from None
         if count < 1:
             raise RobustCSCError(f"{what} {text!r} has {count} values; the count after the second ':' must be at least 1")
+        if count > MAX_VALUES:
+            raise RobustCSCError(f"{what} {text!r} has {count} values; pass a count from 1 to {MAX_VALUES}")
         if not (math.isfinite(start) and math.isfinite(stop)) or start > stop:
             raise RobustCSCError(f"{what} {text!r} runs backwards or is not finite; write start <= stop, e.g. 0.1:1.4:14")
         return np.linspace(start, stop, count).round(10).tolist()
+    if raw.count(",") >= MAX_VALUES:
+        raise RobustCSCError(f"the {what} has more than {MAX_VALUES} values; {hint}")
     values = []
     for item in raw.split(","):
         item = item.strip()

@@ -38,14 +38,17 @@ from torch import nn
 
 from robust_csc.atomic import atomic_write
 from robust_csc.csc import select_csc_layers
+from robust_csc.constants import MAX_LAMBDA
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.outcomes import decode_index
 from robust_csc.tuning.grid import check_layers, setting_for
 from robust_csc.tuning.rule import PER, ReconLambdaModel
 from robust_csc.tuning.splits import TuningSplit
+from robust_csc.validation import parse_json, regular_file
 
 POLICY_FORMAT = "robust-csc lambda policy"
 POLICY_VERSION = 2
+MAX_POLICY_BYTES = 16 << 20  # a policy of every ImageNet-C cell with its calibration is tens of kB
 RULES = ("grid", "recon")
 _META_FIELDS = ("layers", "grid", "seed", "splits", "arch", "checkpoint_sha256", "dataset", "reference_lambda", "suite",
                 "tune_index")
@@ -61,8 +64,18 @@ def canonical_json(data: Mapping[str, Any]) -> str:
 
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise RobustCSCError(f"lambda policy field {what} is {value!r}; it must be a finite number (re-run tune-lambda)")
+        raise RobustCSCError(f"lambda policy field {what} is {str(value)[:40]}; it must be a finite number (re-run tune-lambda)")
     return float(value)
+
+
+def _lambda(value: object, what: str) -> float:
+    """A finite lambda from 0 to MAX_LAMBDA (a clip bound, the reference, a grid value)."""
+    number = _number(value, what)
+    if not 0 <= number <= MAX_LAMBDA:
+        raise RobustCSCError(
+            f"lambda policy field {what} is {number:g}, outside 0 to {MAX_LAMBDA:g} where lambdas live; re-run tune-lambda"
+        )
+    return number
 
 
 class LambdaPolicy:
@@ -76,10 +89,12 @@ class LambdaPolicy:
             raise RobustCSCError(f"lambda policy lacks {', '.join(missing)}; write it with tune-lambda")
         self.meta = {f: meta[f] for f in _META_FIELDS}
         self.meta["layers"] = check_layers(self.meta["layers"])
-        self.meta["grid"] = [_number(v, "grid") for v in self.meta["grid"]]
+        if not isinstance(self.meta["grid"], list):
+            raise RobustCSCError("lambda policy field grid is not a list of numbers; write it with tune-lambda")
+        self.meta["grid"] = [_lambda(v, "grid") for v in self.meta["grid"]]
         if not self.meta["grid"]:
             raise RobustCSCError("lambda policy has an empty grid; write it with tune-lambda")
-        self.meta["reference_lambda"] = _number(self.meta["reference_lambda"], "reference_lambda")
+        self.meta["reference_lambda"] = _lambda(self.meta["reference_lambda"], "reference_lambda")
         self._check_suite()
 
     def _check_suite(self) -> None:
@@ -223,6 +238,30 @@ class LambdaPolicy:
         return f"{type(self).__name__}({self.name}, layers={self.layers})"
 
 
+def _cell(corruption: object, severity: object) -> tuple[str, int]:
+    """A (corruption, severity) key: the clean cell ("none", 0) or a named corruption at severity 1 to 5."""
+    if not isinstance(corruption, str) or not isinstance(severity, numbers.Integral) or isinstance(severity, bool):
+        raise RobustCSCError(
+            f"lambda policy cell ({str(corruption)[:40]}, {str(severity)[:10]}) is not a (name, integer severity) pair; "
+            "re-run tune-lambda"
+        )
+    if not (corruption == "none" and severity == 0) and not (0 < len(corruption) <= 64 and 1 <= severity <= 5):
+        raise RobustCSCError(
+            f"lambda policy cell ({corruption[:40]}, {severity}) is neither the clean cell (none, 0) nor a corruption "
+            "at severity 1 to 5; re-run tune-lambda"
+        )
+    return corruption, int(severity)
+
+
+def _calibration(points: object) -> list:
+    """The calibration points as written by tune-lambda: a list of objects (None: none recorded)."""
+    if points is None:
+        return []
+    if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
+        raise RobustCSCError("lambda policy field calibration is not a list of points; re-run tune-lambda")
+    return list(points)
+
+
 class CellPolicy(LambdaPolicy):
     """One lambda per (corruption, severity) cell: the oracle of the tuning split."""
 
@@ -232,10 +271,10 @@ class CellPolicy(LambdaPolicy):
         super().__init__(meta)
         if not cells:
             raise RobustCSCError("a cell lambda policy needs at least one cell; tune at least one cell")
-        self.cells = {(str(c), int(s)): _number(v, f"lambda of {c} {s}") for (c, s), v in cells.items()}
+        self.cells = {_cell(c, s): _number(v, f"lambda of {c} {s}") for (c, s), v in cells.items()}
         for value in self.cells.values():
             setting_for(self.layers, value)  # a value the layers cannot take fails here, not at use
-        self.calibration = list(calibration or [])
+        self.calibration = _calibration(calibration)
 
     def _body(self) -> dict[str, Any]:
         cells = [{"corruption": c, "severity": s, "lambda": v} for (c, s), v in sorted(self.cells.items())]
@@ -282,9 +321,15 @@ class ReconPolicy(LambdaPolicy):
         if per not in PER:
             raise RobustCSCError(f"unknown per {per!r} in the lambda policy; use 'sample' or 'batch'")
         self.slope, self.intercept = _number(slope, "slope"), _number(intercept, "intercept")
-        self.clip = (_number(clip[0], "clip"), _number(clip[1], "clip"))
+        if len(clip) != 2:
+            raise RobustCSCError("lambda policy field clip must be two numbers [low, high]; re-run tune-lambda")
+        self.clip = (_lambda(clip[0], "clip"), _lambda(clip[1], "clip"))
+        if self.clip[0] > self.clip[1]:
+            raise RobustCSCError(
+                f"lambda policy clip range {self.clip[0]:g} to {self.clip[1]:g} runs backwards; re-run tune-lambda"
+            )
         self.per = per
-        self.calibration = list(calibration or [])
+        self.calibration = _calibration(calibration)
 
     def _body(self) -> dict[str, Any]:
         fit = {"slope": self.slope, "intercept": self.intercept, "clip": list(self.clip), "per": self.per,
@@ -333,20 +378,22 @@ def policy_from_dict(data: Mapping[str, Any], source: str = "the lambda policy")
             fit = data["fit"]
             return ReconPolicy(slope=fit["slope"], intercept=fit["intercept"], clip=tuple(fit["clip"]),
                                per=fit["per"], meta=data, calibration=data.get("calibration"))
-    except (KeyError, TypeError, IndexError) as err:
-        raise RobustCSCError(f"{source} is incomplete ({err!r} is missing or malformed); re-run tune-lambda") from None
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as err:
+        raise RobustCSCError(f"{source} is incomplete ({str(err)[:60]!r} is missing or malformed); re-run tune-lambda") from None
     raise RobustCSCError(f"{source} has unknown rule {rule!r}; use a policy with rule 'grid' or 'recon'")
 
 
 def load_policy(path: str | Path, checkpoint_sha256: str | None = None) -> LambdaPolicy:
     """Read a policy file; with checkpoint_sha256, refuse a policy tuned for another checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise RobustCSCError(f"lambda policy {path} does not exist; pass a file written by tune-lambda --out")
+    path = regular_file(path, "lambda policy", "pass a file written by tune-lambda --out")
+    fix = "pass a file written by tune-lambda"
+    if path.stat().st_size > MAX_POLICY_BYTES:
+        raise RobustCSCError(f"{path} is larger than the {MAX_POLICY_BYTES:,} bytes a lambda policy takes; {fix}")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RobustCSCError(f"{path} is not readable JSON ({type(err).__name__}); pass a file written by tune-lambda") from None
+        text = path.read_bytes()
+    except OSError as err:
+        raise RobustCSCError(f"{path} is not readable ({err.strerror or err}); {fix}") from None
+    data = parse_json(text, what=str(path), fix=fix, max_bytes=MAX_POLICY_BYTES)
     policy = policy_from_dict(data, str(path))
     if checkpoint_sha256 is not None and policy.checkpoint_sha256 != checkpoint_sha256:
         raise RobustCSCError(

@@ -32,6 +32,7 @@ from robust_csc.csc import csc_layers, record_stats, select_csc_layers
 from robust_csc.errors import RobustCSCError
 from robust_csc.runtime import model_device
 from robust_csc.tuning.grid import check_layers
+from robust_csc.user_errors import worker_errors
 
 
 STATS = ("all", "reference", "none")
@@ -140,7 +141,7 @@ def sweep_cell(
     try:
         with torch.inference_mode(), (record_stats(model, layers="stem") if recorded else contextlib.nullcontext()) as stem:
             stem_layer = next(iter(stem.values())) if recorded else None
-            for batch in loader:
+            for batch in worker_errors(loader):  # a failing worker: its sentence, and the workers stopped now
                 images = batch[0].to(device, non_blocking=True)
                 labels = torch.as_tensor(batch[1]).to(device, non_blocking=True)
                 b = images.shape[0]
