@@ -211,6 +211,14 @@ def _positive(value: Optional[int], option: str) -> Optional[int]:
     return value
 
 
+def at_least_two(n_examples: Optional[int]) -> Optional[int]:
+    """--n-examples of a run that reports accuracies: every accuracy has an interval, which needs 2 examples."""
+    _positive(n_examples, "--n-examples")
+    if n_examples is not None and n_examples < 2:
+        raise RobustCSCError(f"--n-examples {n_examples} leaves no interval (it needs 2 examples); pass --n-examples 2 or more")
+    return n_examples
+
+
 def _not_negative(value: int, option: str, fix: str = "pass an integer >= 0") -> int:
     if value < 0:
         raise RobustCSCError(f"{option} {value} is negative; {fix}")
@@ -289,7 +297,7 @@ def build_suite(
         )
     chosen_corruptions = parse_corruptions(corruptions)
     chosen_severities = parse_severities(severities)
-    _positive(n_examples, "--n-examples")
+    at_least_two(n_examples)
     _positive(images_per_severity, "--images-per-severity")
     _not_negative(seed, "--seed")
     meta = getattr(checkpoint, "meta", None) or read_metadata(checkpoint)
@@ -683,9 +691,15 @@ def info(checkpoint: Path = typer.Argument(..., help="A robust-csc .safetensors 
 
 
 # The verbs in robust_csc/commands register themselves on `app` when imported.
-from robust_csc.commands import attack as _attack, noise_curve as _noise_curve, report as _report, tune as _tune  # noqa: E402
+from robust_csc.commands import (  # noqa: E402
+    attack as _attack,
+    compare as _compare,
+    noise_curve as _noise_curve,
+    report as _report,
+    tune as _tune,
+)
 
-_VERBS = (_attack, _noise_curve, _report, _tune)
+_VERBS = (_attack, _compare, _noise_curve, _report, _tune)
 
 
 def _one_line(message: str) -> str:

@@ -51,7 +51,8 @@ def attack_checkpoint(
     (robust_csc.models.sources.load_model): its name and hash.  With a tuned
     lambda policy as lambda_setting the points are the policy's reporting split
     (its first n_examples), never an image it was tuned on, and the split is
-    named after it.  Other keywords (lambda_setting, steps, restarts, version,
+    named after it; points_of=policy attacks those same points at another
+    lambda setting (the trained lambdas, for a paired comparison).  Other keywords (lambda_setting, steps, restarts, version,
     seed, batch_size, device, checks, adaptive, recompute, allow_large_epsilon,
     progress) go to run_attacks.
     """
@@ -68,6 +69,10 @@ def attack_checkpoint(
         raise RobustCSCError(f"n_examples {n_examples!r} is invalid; pass an integer >= 2 (an interval needs 2) or None for all")
     meta = path.meta if isinstance(path, LoadedModel) else read_metadata(path)
     policy = kwargs.get("lambda_setting") if hasattr(kwargs.get("lambda_setting"), "scoring_plan") else None
+    points_of = kwargs.pop("points_of", None)
+    if points_of is not None and policy is not None and points_of is not policy:
+        raise RobustCSCError("points_of and a tuned lambda_setting name two policies; pass one of them")
+    policy = policy or points_of
     name = dataset or (policy.base_dataset() if policy is not None else None) or meta.get("dataset")
     if not name:
         raise RobustCSCError(f"{path} records no data set; pass dataset= (digits, cifar10, cifar100, imagenet)")

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from robust_csc.cli import _items, _not_negative, _positive, _say, app
+from robust_csc.cli import at_least_two, _items, _not_negative, _positive, _say, app
 from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
 from robust_csc.validation import check_device
@@ -82,9 +82,7 @@ def attack(
     specs = as_specs(_attack_items(attacks), steps=_positive(steps, "--steps"), restarts=_positive(restarts, "--restarts"), version=version)
     for spec in specs:
         check_norm_fits(spec, chosen_norm)
-    _positive(n_examples, "--n-examples")
-    if n_examples is not None and n_examples < 2:
-        raise RobustCSCError("--n-examples 1 leaves no interval; pass --n-examples 2 or more")
+    at_least_two(n_examples)
     _positive(batch_size, "--batch-size")
     _not_negative(seed, "--seed")
     if lam is not None and lambda_policy is not None:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from robust_csc.cli import _not_negative, _positive, _say, _workers, app, lambda_settings, refuse_lambdas_without_csc
+from robust_csc.cli import at_least_two, _not_negative, _positive, _say, _workers, app, lambda_settings, refuse_lambdas_without_csc
 from robust_csc.commands import model_options as M
 from robust_csc.errors import RobustCSCError
 from robust_csc.validation import check_device, check_writable_file
@@ -68,7 +68,7 @@ def noise_curve_command(
     values = check_levels(kind, parse_number_list(levels, "noise levels", LEVELS_HINT))
     checkpoint = M.load_model_option(checkpoint, model, weights, num_classes, mean, std, model_dir, allow_download)
     settings = lambda_settings(lambdas, lambda_policy, checkpoint)
-    _positive(n_examples, "--n-examples")
+    at_least_two(n_examples)
     _positive(batch_size, "--batch-size")
     _not_negative(seed, "--seed")
     _workers(workers)

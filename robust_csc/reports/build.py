@@ -286,8 +286,10 @@ def build_report(
 def _versions() -> str:
     from importlib import metadata
 
-    found = []
-    for name in PACKAGES:
+    from robust_csc import __version__
+
+    found = [f"robust-csc {__version__}"]  # the code that is running, whatever an older install's metadata says
+    for name in PACKAGES[1:]:
         try:
             found.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:

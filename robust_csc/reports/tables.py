@@ -261,6 +261,21 @@ def _grade(rows: pd.DataFrame) -> str:
     return evaluation_grade(rows["attack"])[1]
 
 
+def _worst_over(rows: pd.DataFrame) -> str:
+    """The attacks (their ids name steps and restarts) and the seed behind the series' worst case."""
+    attacks, seeds = [], set()
+    for attack, extras in zip(rows["attack"], rows["extras"]):
+        if attack_norm(attack)[0] != WORST_CASE:
+            continue
+        for name in extras.get("attacks") or []:
+            if attack_norm(name)[0] not in attacks:
+                attacks.append(attack_norm(name)[0])
+        if "seed" in extras:
+            seeds.add(str(extras["seed"]))
+    text = ", ".join(sorted(attacks))
+    return f"{text}; seed {'/'.join(sorted(seeds))}" if text and seeds else text
+
+
 def robustness_table(cells: Cells) -> tuple[pd.DataFrame, dict]:
     """One row per attacked series; a column per (attack, epsilon): robust accuracy and its Wilson interval;
     what the worst case is (evaluation); the checks that passed.  Returns (frame, Table.intervals)."""
@@ -276,6 +291,7 @@ def robustness_table(cells: Cells) -> tuple[pd.DataFrame, dict]:
             "attack_data": series.data,
             "attack_n": int(rows["n"].max()),
             "evaluation": _grade(rows),
+            "worst case over": _worst_over(series.rows(cells.attack)),
         }
         by_pair = {(a, e): r for a, e, (_, r) in zip(rows["attack"], rows["epsilon"], rows.iterrows())}
         for attack, epsilon in pairs:
@@ -293,7 +309,7 @@ def robustness_table(cells: Cells) -> tuple[pd.DataFrame, dict]:
                 passed += bool(isinstance(check, dict) and check.get("passed"))
         record["checks_passed"] = f"{passed}/{total}" if total else ""
         records.append(record)
-    columns = ["model", "checkpoint_sha256", "lambda_setting", "attack_data", "attack_n", "evaluation"]
+    columns = ["model", "checkpoint_sha256", "lambda_setting", "attack_data", "attack_n", "evaluation", "worst case over"]
     intervals = {}
     for attack, epsilon in pairs:
         column = attack_column(attack, epsilon)
@@ -306,7 +322,7 @@ def robustness_table(cells: Cells) -> tuple[pd.DataFrame, dict]:
 def robustness_kinds(table: pd.DataFrame) -> dict:
     kinds = {c: PERCENT for c in table.columns}
     kinds.update({c: TEXT for c in ("model", "checkpoint_sha256", "lambda_setting", "attack_data", "checks_passed",
-                                    "evaluation")})
+                                    "evaluation", "worst case over")})
     kinds["attack_n"] = INTEGER
     return kinds
 
@@ -323,7 +339,7 @@ def summary_table(cells: Cells, baseline: str | None, notes: list[str], referenc
     """
     corr = corruption_summary(cells, baseline, notes, reference)
     attacks, _ = robustness_table(cells)
-    attacks = attacks.drop(columns=["checks_passed"])
+    attacks = attacks.drop(columns=["checks_passed", "worst case over"])
     keys = ["model", "checkpoint_sha256", "lambda_setting"]
     if attacks.empty:
         table = corr.assign(attack_data=pd.Series(dtype="object"))
@@ -358,7 +374,9 @@ def robustness(cells: Cells) -> Table:
         "interval, per attack (each run on its own on every clean-correct point), norm and epsilon; worst-case counts "
         "an example as robust only if it survived every attack ever run on it at that budget (the sanity checks' "
         "stronger attack and the adaptive attacks included). evaluation: AutoAttack-grade or an upper bound. "
-        "checks_passed: the attack runner's sanity checks that passed."
+        "worst case over: the attacks that make up the worst case (an id names non-default steps and restarts: "
+        "pgd-40x2 is 40 steps, 2 restarts; ~check is the sanity check's cross-check, ~bpda-* and ~transfer the "
+        "adaptive attacks) and their seed. checks_passed: the attack runner's sanity checks that passed."
     )
     return Table("robustness", "Robust accuracy per attack and epsilon", about, table, robustness_kinds(table),
                  intervals=intervals)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from robust_csc.data.corrupted import CorruptionSuite
+from robust_csc.deployed import frozen_state
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.harness import evaluate
 from robust_csc.evaluation.metrics import CLEAN
@@ -225,8 +226,9 @@ def tune(
                 data = clean if corruption == CLEAN else suite.dataset(corruption, severity)
                 # Statistics at every value: the store's per-grid-cell recon error and code density
                 # feed the report's curves; the recon rule reads the reference value's.
-                result = sweep_cell(model, split.subset(data, "tune"), swept, layers, batch_size=batch_size,
-                                    num_workers=num_workers, device=device, stats="all")
+                with frozen_state(model, f"the lambda sweep of {model_name}"):
+                    result = sweep_cell(model, split.subset(data, "tune"), swept, layers, batch_size=batch_size,
+                                        num_workers=num_workers, device=device, stats="all")
                 sweeps[(corruption, severity)] = result
                 for i, key in enumerate(keys):
                     store.add(key, {
