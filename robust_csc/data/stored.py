@@ -399,6 +399,7 @@ def load_stored_suite(
     severities: Iterable[int] | int | None = None,
     n_examples: int | None = None,
     verify_checksums: bool = True,
+    with_clean: bool = True,
 ) -> tuple[CorruptionSuite, Dataset | None, str]:
     """(suite, clean cell or None, a note on the clean cell) of a stored suite ("fashion-mnist-c" / "mnist-c").
 
@@ -407,6 +408,7 @@ def load_stored_suite(
     its data set; its cells are memory-mapped. The clean cell is the data
     set's test split, found beside the suite or where load_dataset looks; when
     it is found, its pixels and labels must be the ones the suite was made from.
+    with_clean=False skips the clean cell (and that check).
     """
     key = suite_name.lower()
     if key not in STORED_SUITES:
@@ -451,7 +453,7 @@ def load_stored_suite(
         folder, "cifar10-c", corruptions=selected, severities=chosen_severities,
         n_examples=n_examples, images_per_severity=n,
     )
-    clean, note = _stored_clean(manifest, folder, root, n_examples, verify_checksums)
+    clean, note = _stored_clean(manifest, folder, root, n_examples, verify_checksums) if with_clean else (None, "")
     suite = CorruptionSuite(
         manifest.suite_name, manifest.num_classes, base.corruptions, base.severities, base.images_per_cell,
         base.dataset,
