@@ -201,3 +201,36 @@ def test_corrupt_refuses_bad_options_before_writing(capsys, tmp_path, data_root)
     code, stdout, err = run_main(capsys, *corrupt_args(data_root, out, "--n-examples", 13))
     assert_user_error(code, stdout, err, "exceeds the 12 fashion-mnist test images")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_damaged_block_file_is_written_again_with_its_blocks(capsys, tmp_path, data_root, monkeypatch):
+    whole = tmp_path / "whole"
+    assert run_main(capsys, *corrupt_args(data_root, whole))[0] == 0
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+
+    def dies_after_gaussian(array, start, block, real=stored._write_block, seen=[]):
+        seen.append(start)
+        if len(seen) > 5:
+            raise KeyboardInterrupt
+        real(array, start, block)
+
+    monkeypatch.setattr(stored, "_write_block", dies_after_gaussian)
+    assert run_main(capsys, *corrupt_args(data_root, out))[0] == 130
+    monkeypatch.undo()
+    assert len(json.loads((partial / "blocks.json").read_text())["complete"]) == 5
+    damaged = partial / "gaussian_noise.npy"
+    damaged.write_bytes(damaged.read_bytes()[: 5000])  # cut short, its 5 blocks recorded as done
+    code, stdout, err = run_main(capsys, *corrupt_args(data_root, out))
+    assert code == 0 and "10 blocks written now" in stdout and "resuming" not in stdout
+    assert files_of(out) == files_of(whole)
+
+
+def test_corrupt_refuses_when_the_disk_cannot_hold_the_suite(capsys, tmp_path, data_root, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    code, stdout, err = run_main(capsys, *corrupt_args(data_root, tmp_path / "out"))
+    assert_user_error(code, stdout, err, "GB more in", "free some space")
+    assert not (tmp_path / "out").exists()

@@ -106,7 +106,7 @@ def read_manifest(folder: Path) -> SuiteManifest | None:
 # ---------------------------------------------------------------- the clean pixels
 
 
-def test_pixels(
+def clean_test_pixels(
     dataset: str,
     root: str | Path | None = None,
     n_examples: int | None = None,
@@ -186,23 +186,48 @@ def _locked(partial: Path) -> Iterator[None]:
         yield
 
 
-def _open_block_files(partial: Path, manifest: SuiteManifest) -> dict[str, np.ndarray]:
+def _open_block_files(partial: Path, manifest: SuiteManifest) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Each corruption's full-size file as a writable memory map; and the corruptions whose file was made anew."""
     rows = len(SEVERITIES) * manifest.images_per_severity
-    arrays = {}
+    arrays, fresh = {}, set()
     for corruption in manifest.corruptions:
         path = partial / f"{corruption}.npy"
-        array = None
-        if path.is_file():
-            try:
-                array = open_memmap(path, mode="r+")
-            except (ValueError, OSError):
-                array = None  # cut short while being allocated: allocate it again
-            if array is not None and (array.dtype != np.uint8 or array.shape != (rows, *_SHAPE)):
-                array = None
-        if array is None:
+        # Reused only when whole: numpy's r+ map would silently extend a file cut short with zeros.
+        array = open_memmap(path, mode="r+") if _whole_npy(path, (rows, *_SHAPE)) else None
+        if array is None:  # missing, cut short or damaged: made anew, and its blocks are no longer trusted
             array = open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, *_SHAPE))
+            fresh.add(corruption)
         arrays[corruption] = array
-    return arrays
+    return arrays, fresh
+
+
+def _whole_npy(path: Path, shape: tuple[int, ...]) -> bool:
+    """Whether path is a uint8 .npy file of this shape with every byte of its data present."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                return False
+            found, fortran, dtype = read_header[version](f)
+            data_start = f.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError):
+        return False
+    return found == shape and dtype == np.uint8 and not fortran and size == data_start + int(np.prod(shape))
+
+
+def _check_free_space(partial: Path, manifest: SuiteManifest) -> None:
+    """Refuse up front when the files cannot fit: a full disk under a memory map ends in SIGBUS, not an error."""
+    block_bytes = len(SEVERITIES) * manifest.images_per_severity * int(np.prod(_SHAPE))
+    missing = [c for c in manifest.corruptions if not (partial / f"{c}.npy").is_file()]
+    needed = len(missing) * block_bytes + 2 * manifest.images_per_severity * len(SEVERITIES)
+    free = shutil.disk_usage(partial).free
+    if needed > free:
+        raise RobustCSCError(
+            f"the suite needs {needed / 1e9:.2f} GB more in {partial.parent} but only {free / 1e9:.2f} GB are free; "
+            "free some space or choose another --out"
+        )
 
 
 def _describe_difference(old: SuiteManifest, new: SuiteManifest) -> str:
@@ -252,7 +277,7 @@ def write_stored_suite(
     existing = read_manifest(out) if out.is_dir() else None
     nonempty = out.is_dir() and any(out.iterdir())
 
-    images, labels, test_size = test_pixels(
+    images, labels, test_size = clean_test_pixels(
         info.name, root, n_examples, download=download, verify_checksums=verify_checksums
     )
     n = len(labels)
@@ -291,10 +316,11 @@ def write_stored_suite(
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             atomic_write(partial / MANIFEST, lambda f: f.write(manifest.to_json().encode()))
         order = [(c, s) for c in chosen for s in SEVERITIES]
-        done = _read_blocks(partial) & set(order)
+        _check_free_space(partial, manifest)
+        arrays, fresh = _open_block_files(partial, manifest)
+        done = {block for block in _read_blocks(partial) & set(order) if block[0] not in fresh}
         if done:
             emit(f"resuming {out}: {len(done)} of {len(order)} blocks already written")
-        arrays = _open_block_files(partial, manifest)
         pending = [block for block in order if block not in done]
         written = _write_blocks(partial, arrays, pending, done, order, images, manifest, workers, progress)
         del arrays  # close the maps before the folder moves
@@ -468,7 +494,7 @@ def _stored_clean(
     reason = ""
     for candidate in dict.fromkeys([root, folder.parent, None]):
         try:
-            images, labels, total = test_pixels(manifest.dataset, candidate, verify_checksums=verify_checksums)
+            images, labels, total = clean_test_pixels(manifest.dataset, candidate, verify_checksums=verify_checksums)
         except RobustCSCError as err:
             reason = " ".join(str(err).split())
             continue
@@ -488,9 +514,9 @@ __all__ = [
     "MANIFEST",
     "STORED_SUITES",
     "SuiteManifest",
+    "clean_test_pixels",
     "load_stored_suite",
     "read_manifest",
     "resolve_stored_folder",
-    "test_pixels",
     "write_stored_suite",
 ]
