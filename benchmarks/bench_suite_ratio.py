@@ -21,6 +21,7 @@ other); target: harness >= 0.9 of the model for sdnet18 at widths 16 and 64.
 
     python benchmarks/bench_suite_ratio.py --suite-root /path/to/fashion-mnist-c --width 16
     python benchmarks/bench_suite_ratio.py --width 64 --n-per-cell 2000 --rounds 7
+    OMP_NUM_THREADS=1 python benchmarks/bench_suite_ratio.py --clock cpu ...   # on a machine shared with other jobs
     OMP_NUM_THREADS=2 python benchmarks/bench_suite_ratio.py --images-per-severity 64 --width 8 --rounds 3
 
 Without --suite-root a synthetic CIFAR-10-C suite (bench_suite.py's writer,
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-per-cell", type=int, default=None, help="images per cell [default: all]")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time (a shared machine; use one thread)")
     parser.add_argument("--scratch-parent", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -141,17 +144,24 @@ def main(argv: list[str] | None = None) -> int:
 
         fns = [model_only, harness, data_only] + ([model_with_stats] if has_csc else [])
         names = ["model", "harness", "data"] + (["model+stats"] if has_csc else [])
-        print(f"suite: {suite!r}; rounds of {cells_per_round} cells x {n} images = {images_per_round} images")
+        print(f"suite: {suite!r}; rounds of {cells_per_round} cells x {n} images = {images_per_round} images",
+              flush=True)
         print(f"model: {args.model} width {args.width} (random weights), batch {args.batch_size}, "
-              f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
+              f"{torch.get_num_threads()} thread(s), torch {torch.__version__}; {args.clock} clock; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
         start = time.perf_counter()
-        times = time_rounds(fns, repeats=args.rounds, warmup=args.warmup)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        times = time_rounds(fns, repeats=args.rounds, warmup=args.warmup, clock=clock)
         if any(count != images_per_round for count in images_read):
             raise AssertionError(f"the data side read {images_read}, not {images_per_round} per round")
         base = times[0]
         for name, seconds in zip(names, times):
             rate = images_per_round / statistics.median(seconds)
-            ratio = "" if name == "model" else f", {ratio_of(base, seconds):.3f} x the model (median of per-round ratios)"
+            per_round = [b / c for b, c in zip(base, seconds)]
+            ratio = "" if name == "model" else (
+                f", {ratio_of(base, seconds):.3f} x the model (median of per-round ratios; "
+                f"{min(per_round):.3f}..{max(per_round):.3f})"
+            )
             print(f"{name:<12} {rate:>9,.0f} images/s{ratio}")
         harness_ratio = ratio_of(base, times[1])
         print(f"harness / model: {harness_ratio:.3f} (target >= 0.9: {'MET' if harness_ratio >= 0.9 else 'MISSED'}); "

@@ -89,13 +89,12 @@ def test_a_killed_run_resumes_and_ends_with_the_bytes_of_an_uninterrupted_one(ca
     real_write = stored._write_block
     calls = []
 
-    def killed_mid_block(array, start, block):
+    def killed_mid_block(path, start, block):
         calls.append(start)
         if len(calls) == 4:  # the 4th block: half its rows on disk, then the process dies
-            array[start : start + len(block) // 2] = block[: len(block) // 2]
-            array.flush()
+            real_write(path, start, block[: len(block) // 2])
             raise KeyboardInterrupt
-        real_write(array, start, block)
+        real_write(path, start, block)
 
     monkeypatch.setattr(stored, "_write_block", killed_mid_block)
     code, _, err = run_main(capsys, *corrupt_args(data_root, out))
@@ -126,7 +125,7 @@ def test_force_starts_a_partial_run_over_and_workers_write_the_same_bytes(capsys
     assert run_main(capsys, *corrupt_args(data_root, whole))[0] == 0
     out = tmp_path / "out"
 
-    def dies(array, start, block):
+    def dies(path, start, block):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stored, "_write_block", dies)
@@ -208,11 +207,11 @@ def test_a_damaged_block_file_is_written_again_with_its_blocks(capsys, tmp_path,
     assert run_main(capsys, *corrupt_args(data_root, whole))[0] == 0
     out, partial = tmp_path / "out", tmp_path / ".out.partial"
 
-    def dies_after_gaussian(array, start, block, real=stored._write_block, seen=[]):
+    def dies_after_gaussian(path, start, block, real=stored._write_block, seen=[]):
         seen.append(start)
         if len(seen) > 5:
             raise KeyboardInterrupt
-        real(array, start, block)
+        real(path, start, block)
 
     monkeypatch.setattr(stored, "_write_block", dies_after_gaussian)
     assert run_main(capsys, *corrupt_args(data_root, out))[0] == 130

@@ -155,10 +155,15 @@ def _corrupt_block(corruption: str, severity: int) -> tuple[str, int, np.ndarray
     return corruption, severity, block
 
 
-def _write_block(array: np.ndarray, start: int, block: np.ndarray) -> None:
-    """Write a block's rows and flush them to the file before the block is recorded."""
+def _write_block(path: Path, start: int, block: np.ndarray) -> None:
+    """Write a block's rows into its file and flush them to disk before the block is recorded.
+
+    The map is opened per block, so the finished files' pages are not all held mapped at once.
+    """
+    array = open_memmap(path, mode="r+")
     array[start : start + len(block)] = block
     array.flush()
+    del array
 
 
 def _read_blocks(partial: Path) -> set[tuple[str, int]]:
@@ -186,19 +191,18 @@ def _locked(partial: Path) -> Iterator[None]:
         yield
 
 
-def _open_block_files(partial: Path, manifest: SuiteManifest) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Each corruption's full-size file as a writable memory map; and the corruptions whose file was made anew."""
+def _prepare_block_files(partial: Path, manifest: SuiteManifest) -> set[str]:
+    """Allocate each corruption's full-size file unless it is whole; return the corruptions whose file was made anew."""
     rows = len(SEVERITIES) * manifest.images_per_severity
-    arrays, fresh = {}, set()
+    fresh = set()
     for corruption in manifest.corruptions:
         path = partial / f"{corruption}.npy"
         # Reused only when whole: numpy's r+ map would silently extend a file cut short with zeros.
-        array = open_memmap(path, mode="r+") if _whole_npy(path, (rows, *_SHAPE)) else None
-        if array is None:  # missing, cut short or damaged: made anew, and its blocks are no longer trusted
-            array = open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, *_SHAPE))
+        if not _whole_npy(path, (rows, *_SHAPE)):  # missing, cut short or damaged: its blocks are no longer trusted
+            allocated = open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, *_SHAPE))
+            del allocated  # closes the map: blocks are written one map at a time
             fresh.add(corruption)
-        arrays[corruption] = array
-    return arrays, fresh
+    return fresh
 
 
 def _whole_npy(path: Path, shape: tuple[int, ...]) -> bool:
@@ -317,20 +321,18 @@ def write_stored_suite(
             atomic_write(partial / MANIFEST, lambda f: f.write(manifest.to_json().encode()))
         order = [(c, s) for c in chosen for s in SEVERITIES]
         _check_free_space(partial, manifest)
-        arrays, fresh = _open_block_files(partial, manifest)
+        fresh = _prepare_block_files(partial, manifest)
         done = {block for block in _read_blocks(partial) & set(order) if block[0] not in fresh}
         if done:
             emit(f"resuming {out}: {len(done)} of {len(order)} blocks already written")
         pending = [block for block in order if block not in done]
-        written = _write_blocks(partial, arrays, pending, done, order, images, manifest, workers, progress)
-        del arrays  # close the maps before the folder moves
+        written = _write_blocks(partial, pending, done, order, images, manifest, workers, progress)
         _finish(partial, out, labels)
     return out, manifest, written
 
 
 def _write_blocks(
     partial: Path,
-    arrays: dict[str, np.ndarray],
     pending: list[tuple[str, int]],
     done: set[tuple[str, int]],
     order: list[tuple[str, int]],
@@ -348,7 +350,7 @@ def _write_blocks(
     )
 
     def store(corruption: str, severity: int, block: np.ndarray) -> None:
-        _write_block(arrays[corruption], (severity - 1) * n, block)
+        _write_block(partial / f"{corruption}.npy", (severity - 1) * n, block)
         done.add((corruption, severity))
         _record_blocks(partial, done, order)  # only now is the block trusted
         bar.update(n)
