@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup browser fashion-mnist demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,7 +29,15 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  { echo "error: $(CHROMIUM) is missing; install Debian's chromium package (apt-get install chromium)" >&2; exit 2; }; }
 
-test: setup browser
+# Fashion-MNIST, the full-size benchmark, from Debian's package (the tests on the real
+# files need it). Without apt the tests that need it are skipped, so this only says so.
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+fashion-mnist:
+	@test -f $(FASHION_MNIST) || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+	  echo "note: Debian's dataset-fashion-mnist could not be installed (no apt-get, or it failed); the tests on the real Fashion-MNIST files are skipped, and robust-csc reads it from --data-root or fetches it with --download" >&2; }
+
+test: setup browser fashion-mnist
 	$(PY) -m pytest -q
 
 bench: setup

@@ -37,7 +37,7 @@ def _say(line: str) -> None:
 @app.command()
 def train(
     model: str = typer.Option(..., "--model", help="Model name (see `robust-csc models`)."),
-    dataset: str = typer.Option(..., "--dataset", help="digits, cifar10 or cifar100."),
+    dataset: str = typer.Option(..., "--dataset", help="digits, cifar10, cifar100, fashion-mnist or mnist."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: runs/<model>-<dataset>]."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size (split across GPUs)."),
@@ -47,6 +47,9 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
     download: bool = typer.Option(False, "--download", help="Download the data set if missing."),
+    verify_checksums: bool = typer.Option(
+        True, "--verify-checksums/--no-verify-checksums", help="Check the data files against their published MD5s."
+    ),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if OUT/resume.pt exists."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision [default: on with CUDA]."),
@@ -70,6 +73,7 @@ def train(
         num_workers=workers,
         data_root=data_root,
         download=download,
+        verify_checksums=verify_checksums,
         amp=amp,
         resume=not no_resume,
         progress=sys.stderr.isatty() if progress is None else progress,
@@ -94,10 +98,11 @@ def demo(
 
 # ---------------------------------------------------------------- evaluate / corrupt
 
-SUITES = ("cifar10-c", "cifar100-c", "imagenet-c", "generated")
+# fashion-mnist-c / mnist-c: suites that `robust-csc corrupt` wrote (robust_csc.data.stored).
+SUITES = ("cifar10-c", "cifar100-c", "imagenet-c", "generated", "fashion-mnist-c", "mnist-c")
 # Class counts of the stored suites, known before any file is read, so a
 # mismatched checkpoint is refused even when the suite folder is missing.
-_SUITE_CLASSES = {"cifar10-c": 10, "cifar100-c": 100}
+_SUITE_CLASSES = {"cifar10-c": 10, "cifar100-c": 100, "fashion-mnist-c": 10, "mnist-c": 10}
 DEFAULT_DATA_ROOT = Path("data")
 
 
@@ -333,6 +338,17 @@ def build_suite(
         )
         # A generated suite always has its clean images at hand: the clean cell comes free.
         clean = generated_clean(base, "test", data_root, n_examples, verify_checksums=verify_checksums)
+    elif suite_name in ("fashion-mnist-c", "mnist-c"):
+        from robust_csc.data.stored import load_stored_suite
+
+        built, clean, clean_note = load_stored_suite(
+            suite_name,
+            data_root if data_root is not None else DEFAULT_DATA_ROOT,
+            corruptions=chosen_corruptions,
+            severities=chosen_severities,
+            n_examples=n_examples,
+            verify_checksums=verify_checksums,
+        )
     elif suite_name == "imagenet-c":
         from robust_csc.data.corrupted import load_imagenet_c
 
@@ -384,7 +400,8 @@ def evaluate(
     model_dir: Optional[Path] = M.MODEL_DIR,
     allow_download: bool = M.ALLOW_DOWNLOAD,
     suite: Optional[str] = typer.Option(
-        None, "--suite", help="cifar10-c, cifar100-c, imagenet-c or generated (required unless --lambda-policy gives it)."
+        None, "--suite", help="cifar10-c, cifar100-c, imagenet-c, generated, or a suite `corrupt` wrote: fashion-mnist-c, "
+        "mnist-c (required unless --lambda-policy gives it)."
     ),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Base data set of a generated suite [default: the checkpoint's data set]."
@@ -531,31 +548,11 @@ def _cifar_clean(suite_name: str, root: Path, n_examples: Optional[int], verify_
     return None, f"no clean cell: {reason}{hint}"
 
 
-def _test_images(dataset: str, root: Optional[Path], download: bool, n_examples: Optional[int]):
-    """The first n test images as uint8 (n, 32, 32, 3) and their labels as int64 (n,)."""
-    import numpy as np
-
-    from robust_csc.data import load_dataset
-
-    test = load_dataset(dataset, "test", root=root, download=download)
-    total = len(test)
-    n = total if n_examples is None else n_examples
-    if n > total:
-        raise RobustCSCError(f"--n-examples {n} exceeds the {total} {dataset} test images; pass at most {total}")
-    if hasattr(test, "data") and hasattr(test, "targets"):
-        # torchvision CIFAR: the stored uint8 pixels, exactly as published.
-        return np.ascontiguousarray(test.data[:n]), np.asarray(test.targets[:n], dtype=np.int64)
-    from robust_csc.data.generated import to_uint8_hwc
-
-    # The generated suite's own rounding, so `corrupt` and `evaluate --suite generated` see the same pixels.
-    items = [test[i] for i in range(n)]
-    images = np.stack([to_uint8_hwc(image) for image, _ in items])
-    return images, np.asarray([int(label) for _, label in items], dtype=np.int64)
-
-
 @app.command()
 def corrupt(
-    dataset: str = typer.Option(..., "--dataset", help="digits, cifar10 or cifar100 (32x32 images)."),
+    dataset: str = typer.Option(
+        ..., "--dataset", help="digits, cifar10, cifar100, fashion-mnist or mnist (32x32 as the models see them)."
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder, written in the CIFAR-10-C layout."),
     profile: str = typer.Option("cifar", "--profile", help="Corruption parameters: cifar or imagenet."),
     corruptions: Optional[List[str]] = typer.Option(None, "--corruptions", help="Comma list [default: all 19]."),
@@ -566,26 +563,24 @@ def corrupt(
     seed: int = typer.Option(0, "--seed", help="Base seed; every image gets its own seed from it."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data]."),
     download: bool = typer.Option(False, "--download", help="Download the base data set if missing."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
+    verify_checksums: bool = typer.Option(
+        True, "--verify-checksums/--no-verify-checksums", help="Check the data files against their published MD5s."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Processes that corrupt blocks [default: 0, this one]."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder (or restart a partial run)."),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar on stderr [default: when stderr is a terminal]."
+    ),
 ) -> None:
-    """Write a corrupted copy of a 32x32 test set in the CIFAR-10-C layout (<corruption>.npy + labels.npy)."""
-    import shutil
+    """Write a corrupted copy of a 32x32 test set in the CIFAR-10-C layout (<corruption>.npy, labels.npy, suite.json).
 
-    import numpy as np
+    Resumable: a run that stops keeps its finished (corruption, severity)
+    blocks in .<out>.partial, and the same command continues from there.
+    """
+    from robust_csc.corruptions import ALL
+    from robust_csc.data.corrupted import SEVERITIES
+    from robust_csc.data.stored import write_stored_suite
 
-    from robust_csc.corruptions import ALL, check_profile, corrupt_images
-    from robust_csc.data import dataset_info
-    from robust_csc.data.corrupted import SEVERITIES, write_cifar_c
-    from robust_csc.scratch import build_folder
-
-    profile = check_profile(profile)
-    info = dataset_info(dataset)
-    if info.image_size != 32:
-        raise RobustCSCError(
-            f"corrupt writes the CIFAR-10-C layout, which holds 32x32 images only, and {info.name} has "
-            f"{info.image_size}x{info.image_size} images; evaluate {info.name} with `robust-csc evaluate "
-            "--suite generated` or on the published ImageNet-C folders"
-        )
     chosen = parse_corruptions(corruptions) or ALL
     chosen_severities = parse_severities(severities)
     if chosen_severities is not None and chosen_severities != SEVERITIES:
@@ -595,57 +590,26 @@ def corrupt(
         )
     _positive(n_examples, "--n-examples")
     _not_negative(seed, "--seed")
-    # Refused before the (slow) corruption work; write_cifar_c checks again when it writes.
-    if out.exists() and not out.is_dir():
-        raise RobustCSCError(f"{out} exists and is not a folder; choose another output folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise RobustCSCError(f"output folder {out} is not empty; pass --force to replace it or choose another folder")
     check_writable_folder(out.parent, "--out", shown=out)  # the scratch files and the result go there
-    name = "cifar100-c" if info.num_classes == 100 else "cifar10-c"
-    images, labels = _test_images(info.name, data_root, download, n_examples)
-    n = len(labels)
-
+    _workers(workers)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # Each corruption's (5n, 32, 32, 3) block goes to a memory map next to the output,
-        # so all 19 of full CIFAR (about 3 GB) never sit in memory at once.
-        # A killed run's scratch folder is removed by the next run (robust_csc.scratch).
-        with build_folder(out) as scratch:
-            try:
-                arrays = {}
-                for corruption in chosen:
-                    _say(f"corrupting {n} {info.name} test images: {corruption}")
-                    block = _reserved_memmap(scratch / f"{corruption}.npy", (len(SEVERITIES) * n, 32, 32, 3))
-                    for severity in SEVERITIES:
-                        # Seeded per (seed, corruption, severity, test-set index): the same pixels as corrupt_images.
-                        block[(severity - 1) * n : severity * n] = corrupt_images(
-                            images, corruption, severity, profile=profile, seed=seed
-                        )
-                    arrays[corruption] = block
-                folder = write_cifar_c(out, name, arrays, labels, overwrite=force)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-    except OSError as err:
+        folder, manifest, written = write_stored_suite(
+            out, dataset, profile=profile, corruptions=chosen, seed=seed, n_examples=n_examples, root=data_root,
+            download=download, verify_checksums=verify_checksums, force=force, workers=workers,
+            progress=sys.stderr.isatty() if progress is None else progress, log=_say,
+        )
+    except OSError as err:  # a full disk or a folder that became read-only mid-run: the finished blocks are kept
         raise RobustCSCError(
-            f"could not write {out} ({os_reason(err)}); free space on that disk or choose a writable --out"
+            f"could not write {out} ({os_reason(err)}); free space on that disk or choose a writable --out, then rerun "
+            "to continue"
         ) from None
+    n = manifest.images_per_severity
+    name = "cifar100-c" if manifest.num_classes == 100 else "cifar10-c"
     load_hint = "" if n == 10000 else f" --images-per-severity {n}"
-    _say(f"wrote {folder}: {len(chosen)} corruptions x 5 severities x {n} images ({name} layout{load_hint})")
-
-
-def _reserved_memmap(path: Path, shape: tuple):
-    """A uint8 .npy memory map whose disk blocks are reserved now.
-
-    Pages of a memory map are written back later; on a full disk that write
-    kills the process with SIGBUS. posix_fallocate makes a full disk an
-    ENOSPC OSError here instead, before any work.
-    """
-    import numpy as np
-
-    block = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-    with open(path, "r+b") as f:
-        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-    return block
+    _say(
+        f"wrote {folder}: {len(manifest.corruptions)} corruptions x 5 severities x {n} images "
+        f"({name} layout{load_hint}; {written} blocks written now)"
+    )
 
 
 @app.command("convert-official")

@@ -502,12 +502,15 @@ class CSCConv2d(nn.Module):
     @torch.no_grad()
     def _stats(self, x: Tensor, z: Tensor, weight: Tensor) -> CSCStats:
         recon = synthesis(z.to(weight.dtype), weight, self.stride, self.padding, (x.shape[-2], x.shape[-1]))
-        # In place and fused reductions: this synthesis is the whole price of the statistics,
-        # so no more code- or image-sized temporaries than needed.
+        # In place and fused reductions: no more code- or image-sized temporaries than needed.
         residual = recon.sub_(x.to(recon.dtype)).flatten(1)
         error = torch.linalg.vector_norm(residual, dim=1).square()
         codes = z.flatten(1)
-        density = torch.count_nonzero(codes, dim=1).float() / max(codes.shape[1], 1)
+        # Non-zeros counted as a float sum of |sign|: exact (0/1 values, row sums far below 2**24) and
+        # ~4x faster on the CPU than count_nonzero, whose bool-to-int64 reduction took 60% of the
+        # synthesis' time above (sdnet18 width 16, 256 images). A NaN code gives a NaN density.
+        ones = codes.sign() if self.non_negative else codes.sign().abs_()
+        density = ones.sum(dim=1, dtype=torch.float32) / max(codes.shape[1], 1)
         return CSCStats(recon_error=error.float(), code_density=density)
 
 

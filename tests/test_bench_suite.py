@@ -115,3 +115,41 @@ def test_small_cpu_run_counts_every_image_and_cleans_its_scratch(tmp_path, capsy
     assert "75 cells stored, each n=8" in out
     assert re.search(r"^verdict: not judged -- the target \(750,000 images in under 60 s on one H100\)", out, re.M)
     assert list(tmp_path.iterdir()) == []  # the scratch folder (suite, stores) is gone
+
+
+def _load_ratio_script():
+    path = SCRIPT.with_name("bench_suite_ratio.py")
+    spec = importlib.util.spec_from_file_location("bench_suite_ratio", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ratio_benchmark_small_run_times_every_candidate_on_the_same_images(tmp_path, capsys, one_thread):
+    ratio = _load_ratio_script()
+    code = ratio.main(["--images-per-severity", "8", "--width", "4", "--rounds", "2", "--warmup", "1",
+                       "--batch-size", "3", "--scratch-parent", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "rounds of 5 cells x 8 images = 40 images" in out
+    for name in ("model", "harness", "data", "model+stats"):
+        assert re.search(rf"^{re.escape(name)} +[\d,]+ images/s", out, re.M), out
+    assert re.search(r"^harness / model: \d+\.\d{3} \(target >= 0\.9: (MET|MISSED)\); 3 harness calls", out, re.M)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ratio_benchmark_reads_a_stored_fashion_mnist_suite(tmp_path, capsys, one_thread):
+    from cli_support import run_main
+    from idx_support import write_fake_dataset
+
+    ratio = _load_ratio_script()
+    write_fake_dataset(tmp_path / "data", n_train=10, n_test=6)
+    suite = tmp_path / "fmc"
+    assert run_main(capsys, "corrupt", "--dataset", "fashion-mnist", "--data-root", tmp_path / "data", "--out", suite,
+                    "--corruptions", "fog,contrast", "--no-verify-checksums")[0] == 0
+    capsys.readouterr()
+    assert ratio.main(["--suite-root", str(suite), "--width", "4", "--rounds", "2", "--warmup", "0",
+                       "--scratch-parent", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "CorruptionSuite('fashion-mnist-c[cifar]', 2 corruptions x 5 severities, 6 images per cell)" in out
+    assert "; 2 harness calls" in out

@@ -177,7 +177,7 @@ def test_corrupt_writes_the_cifar10_c_layout_and_refuses_to_overwrite(capsys, tm
     code, out, err = run_main(capsys, *args)
     assert code == 0, err
     assert out.splitlines()[-1].startswith(f"wrote {out_dir}: 2 corruptions x 5 severities x {n} images")
-    assert sorted(p.name for p in out_dir.iterdir()) == ["contrast.npy", "gaussian_noise.npy", "labels.npy"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["contrast.npy", "gaussian_noise.npy", "labels.npy", "suite.json"]
 
     test = load_dataset("digits", "test")
     base = np.stack([to_uint8_hwc(test[i][0]) for i in range(n)])

@@ -680,6 +680,18 @@ def test_record_stats_match_dense(stride, k, pad, size):
     assert 0 < float(stats.code_density.min()) and float(stats.code_density.max()) < 1
 
 
+@pytest.mark.parametrize("non_negative", [True, False])
+def test_code_density_is_the_exact_count_of_non_zeros(non_negative):
+    layer = make_layer(3, 8, 3, 1, 1, seed=43, n_steps=2, lam=0.2, non_negative=non_negative).float()
+    x = rand(5, 3, 9, 9, seed=44).float()
+    with torch.no_grad(), record_stats(layer):
+        z = layer(x)
+    codes = z.flatten(1).numpy()
+    assert (codes < 0).any() != non_negative  # signed codes really have negative entries
+    expected = np.count_nonzero(codes, axis=1) / codes.shape[1]
+    assert layer.last_stats.code_density.tolist() == expected.astype(np.float32).tolist()
+
+
 def test_record_stats_of_some_rows_equal_those_rows_of_all():
     """stats_rows (what the lambda sweep uses) gives exactly the full statistics' rows; restored on exit."""
     layer = make_layer(2, 4, 3, 1, 1, seed=41, n_steps=2, lam=0.1)

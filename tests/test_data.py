@@ -306,8 +306,8 @@ def test_imagenet_has_no_train_split(tmp_path):
 
 def test_unknown_dataset_name():
     with pytest.raises(RobustCSCError) as exc_info:
-        load_dataset("mnist", "train")
-    assert_one_sentence(exc_info, "mnist", "digits", "cifar10", "cifar100", "imagenet")
+        load_dataset("svhn", "train")
+    assert_one_sentence(exc_info, "svhn", "digits", "cifar10", "cifar100", "imagenet", "fashion-mnist", "mnist")
     with pytest.raises(RobustCSCError):
         dataset_info("svhn")
 

@@ -192,20 +192,6 @@ def test_one_loader_with_workers_gives_each_cell_its_own_images(tmp_path):
             assert got[("trained", c, v)] == hand_counts(model, s.dataset(c, v))
 
 
-def test_cell_batches_cover_each_cell_once_and_never_cross_one():
-    sizes = [7, 0, 3, 6, 1]
-    sampler = harness._CellBatches(sizes, 3)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 3 + 0 + 1 + 2 + 1
-    cell_of = [i for i, size in enumerate(sizes) for _ in range(size)]
-    seen = []
-    for batch in batches:
-        assert len({cell_of[j] for j in batch}) == 1 and 1 <= len(batch) <= 3
-        seen.extend(batch)
-    assert seen == list(range(sum(sizes)))  # every image once, in order
-    assert [sampler.batches_of(size) for size in sizes] == [3, 0, 1, 2, 1]
-
-
 def test_evaluate_restores_training_mode_and_accepts_an_open_store(tmp_path):
     model = tiny().train()
     with ResultsStore(tmp_path / "r.sqlite") as store:

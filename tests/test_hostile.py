@@ -455,17 +455,19 @@ def _no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-@pytest.mark.parametrize("where", ["scratch", "result"])
+@pytest.mark.parametrize("where", ["blocks", "labels"])
 def test_corrupt_on_a_full_disk(capsys, tmp_path, monkeypatch, where):
     out = tmp_path / "c"
     out.mkdir()
     (out / "fog.npy").write_bytes(b"an earlier suite")  # replaced only by a complete new one
-    if where == "scratch":
-        monkeypatch.setattr(os, "posix_fallocate", _no_space)  # reserving the memory map's blocks
+    if where == "blocks":
+        monkeypatch.setattr(os, "posix_fallocate", _no_space)  # reserving the block files' disk space
     else:
-        monkeypatch.setattr(np, "save", _no_space)  # writing the final .npy files
+        monkeypatch.setattr(np, "save", _no_space)  # writing labels.npy, the last file
+    # The earlier suite stays byte for byte; the run's finished blocks wait in the hidden .c.partial to resume.
     refused(capsys, "corrupt", "--dataset", "digits", "--out", out, "--n-examples", 3, "--corruptions", "fog", "--force",
-            fragments=("No space left on device",), roots=(tmp_path,))
+            fragments=("No space left on device",), roots=(out,))
+    assert not any(p.name == "c" and p != out for p in tmp_path.iterdir())
 
 
 def imagenet_c(root: Path, bad: bytes) -> Path:

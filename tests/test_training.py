@@ -57,7 +57,7 @@ def test_imagenet_recipe_is_the_papers():
 def test_digits_recipe_and_unknown_dataset():
     assert recipe_for("digits") == DIGITS_RECIPE and DIGITS_RECIPE.epochs <= 20
     with pytest.raises(RobustCSCError, match="no training recipe"):
-        recipe_for("mnist")
+        recipe_for("svhn")
 
 
 def test_cosine_schedule_is_per_iteration_down_to_min_lr():

@@ -3,6 +3,7 @@
 from robust_csc.data.cifar import load_cifar
 from robust_csc.data.digits import digits_split_indices, digits_stats, load_digits_split
 from robust_csc.data.imagenet import load_imagenet_val
+from robust_csc.data.mnist import load_mnist
 from robust_csc.data.registry import (
     DATASET_NAMES,
     DatasetInfo,
@@ -21,5 +22,6 @@ __all__ = [
     "load_dataset",
     "load_digits_split",
     "load_imagenet_val",
+    "load_mnist",
     "make_loader",
 ]

@@ -195,26 +195,34 @@ def _variant(name: str) -> _CifarCVariant:
     return _CIFAR_C[key]
 
 
-class CifarCCell(Dataset):
-    """One (corruption, severity) block of a CIFAR-C .npy file, read through a memory map.
+def pixels_to_batch(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) pixels as a float32 (B, 3, H, W) batch in [0, 1], NCHW-contiguous.
 
-    The memory map is opened lazily in each process and dropped when pickled, so
-    DataLoader workers (fork or spawn) never copy the 150 MB array.
+    The same values as converting each image alone (ToTensor's x / 255), in one
+    pass over the batch: what a DataLoader would otherwise do image by image
+    and then stack.
+    """
+    source = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))  # a memmap slice is read here
+    batch = torch.empty((source.shape[0], source.shape[3], source.shape[1], source.shape[2]), dtype=torch.float32)
+    return batch.copy_(source.permute(0, 3, 1, 2)).div_(255)
+
+
+class ArrayCell(Dataset):
+    """A cell of uint8 (N, H, W, 3) pixels: items (image float CHW in [0, 1], int label, int index).
+
+    read_batch(lo, hi) hands out images lo..hi-1 as one batch, read in one
+    slice: the harness's DataLoader uses it instead of collating image by image.
     """
 
-    def __init__(self, path: Path, severity: int, labels: np.ndarray, images_per_severity: int) -> None:
-        self.path = Path(path)
-        self.severity = severity
-        self.offset = (severity - 1) * images_per_severity
-        self.labels = labels  # int64, first n_examples test labels
-        self._array: np.ndarray | None = None
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, offset: int = 0) -> None:
+        self._array: np.ndarray | None = pixels
+        self.offset = offset  # row of image 0 in the array
+        self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def _images(self) -> np.ndarray:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         return self._array
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
@@ -222,6 +230,31 @@ class CifarCCell(Dataset):
             raise IndexError(f"index {i} out of range for a cell of {len(self.labels)} images")
         pixels = np.ascontiguousarray(self._images()[self.offset + i].transpose(2, 0, 1))  # HWC -> CHW
         return torch.from_numpy(pixels).float().div(255), int(self.labels[i]), int(i)
+
+    def read_batch(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images (hi-lo, 3, H, W), int64 labels, int64 indices) of images lo..hi-1, as a DataLoader would collate them."""
+        if not 0 <= lo < hi <= len(self.labels):
+            raise IndexError(f"batch {lo}:{hi} out of range for a cell of {len(self.labels)} images")
+        images = pixels_to_batch(self._images()[self.offset + lo : self.offset + hi])
+        return images, torch.from_numpy(self.labels[lo:hi].copy()), torch.arange(lo, hi, dtype=torch.int64)
+
+
+class CifarCCell(ArrayCell):
+    """One (corruption, severity) block of a CIFAR-C .npy file, read through a memory map.
+
+    The memory map is opened lazily in each process and dropped when pickled, so
+    DataLoader workers (fork or spawn) never copy the 150 MB array.
+    """
+
+    def __init__(self, path: Path, severity: int, labels: np.ndarray, images_per_severity: int) -> None:
+        super().__init__(None, labels, offset=(severity - 1) * images_per_severity)
+        self.path = Path(path)
+        self.severity = severity
+
+    def _images(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return self._array
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -11,9 +11,10 @@ from robust_csc.constants import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_
 from robust_csc.data.cifar import load_cifar
 from robust_csc.data.digits import digits_stats, load_digits_split
 from robust_csc.data.imagenet import load_imagenet_val
+from robust_csc.data.mnist import MNIST_NAMES, load_mnist, mnist_stats
 from robust_csc.errors import RobustCSCError
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet")
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet", *MNIST_NAMES)
 DEFAULT_ROOT = Path("data")
 
 
@@ -42,6 +43,9 @@ def dataset_info(name: str) -> DatasetInfo:
     if key == "digits":
         mean, std = digits_stats()
         return DatasetInfo(key, 10, 32, mean, std, "cifar")
+    if key in MNIST_NAMES:  # 28x28 grey, padded to 32x32 and repeated to RGB (robust_csc.data.mnist)
+        mean, std = mnist_stats(key)
+        return DatasetInfo(key, 10, 32, mean, std, "cifar")
     if key == "imagenet":
         return DatasetInfo(key, 1000, 224, IMAGENET_MEAN, IMAGENET_STD, "imagenet")
     return DatasetInfo(key, 10 if key == "cifar10" else 100, 32, CIFAR_MEAN, CIFAR_STD, "cifar")
@@ -57,7 +61,8 @@ def load_dataset(
 ) -> Dataset:
     """A split of a data set yielding (float image CHW in [0, 1], int label).
 
-    root defaults to ./data (ImageNet: ./data/imagenet); digits needs none.
+    root defaults to ./data (ImageNet: ./data/imagenet; MNIST and Fashion-MNIST
+    also look in Debian's package folder); digits needs none.
     train_transform turns on the CIFAR augmentation; digits has none (flips would
     change digit shapes) and ImageNet here is evaluation only.
     """
@@ -70,6 +75,10 @@ def load_dataset(
         raise RobustCSCError(f"{key} has no split {split!r}; use train or test")
     if key == "digits":
         return load_digits_split(split)
+    if key in MNIST_NAMES:
+        return load_mnist(
+            key, split, root, train_transform=train_transform, download=download, verify_checksums=verify_checksums
+        )
     return load_cifar(
         key,
         root if root is not None else DEFAULT_ROOT,

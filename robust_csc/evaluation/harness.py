@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from robust_csc import __version__
 from robust_csc.adaptation import prepare_settings
@@ -53,6 +53,7 @@ from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.deployed import eval_only, frozen_state
 from robust_csc.errors import RobustCSCError
 from robust_csc.lambdas import LambdaSetting, as_setting, check_model_takes, check_settings_cover, fitted_part
+from robust_csc.evaluation.batches import cell_batch_loader
 from robust_csc.evaluation.metrics import CLEAN, accuracy_table, summary
 from robust_csc.evaluation.outcomes import Outcomes
 from robust_csc.evaluation.store import CellKey, ResultsStore, open_store
@@ -149,26 +150,6 @@ def _distributed() -> tuple[int, int]:
 # ---------------------------------------------------------------- one cell
 
 
-class _CellBatches(Sampler[list[int]]):
-    """Batches of consecutive images of a ConcatDataset of cells, cell after cell, never crossing a cell."""
-
-    def __init__(self, sizes: Sequence[int], batch_size: int) -> None:
-        self.sizes, self.batch_size = list(sizes), batch_size
-
-    def batches_of(self, size: int) -> int:
-        return -(-size // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        start = 0
-        for size in self.sizes:
-            for lo in range(0, size, self.batch_size):
-                yield list(range(start + lo, start + min(lo + self.batch_size, size)))
-            start += size
-
-    def __len__(self) -> int:
-        return sum(self.batches_of(size) for size in self.sizes)
-
-
 def _cell_batches(
     datas: Sequence[Dataset], batch_size: int, num_workers: int, pin_memory: bool
 ) -> Iterator[Iterator[Any]]:
@@ -176,15 +157,16 @@ def _cell_batches(
 
     One loader, not one per cell: its workers start once and read ahead across
     cell boundaries (a loader per cell restarted them every cell: ~50 ms per
-    cell with 2 workers here, more for a CUDA process forking 8).
+    cell with 2 workers here, more for a CUDA process forking 8). Its items are
+    whole batches (robust_csc.evaluation.batches): a stored cell is read as one
+    slice per batch, not image by image.
     """
-    if not datas:  # nothing pending (ConcatDataset refuses an empty list)
+    if not datas:
         return
-    sampler = _CellBatches([len(data) for data in datas], batch_size)
-    loader = DataLoader(ConcatDataset(datas), batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
+    loader, counts = cell_batch_loader(datas, batch_size, num_workers, pin_memory)
     batches = worker_errors(loader)  # a failing worker: its sentence, and the workers stopped now
-    for data in datas:
-        yield itertools.islice(batches, sampler.batches_of(len(data)))
+    for count in counts:
+        yield itertools.islice(batches, count)
 
 
 def _run_cell(
