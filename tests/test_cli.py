@@ -35,7 +35,7 @@ def test_info_prints_metadata_as_json(capsys, checkpoint):
 
 def test_train_writes_a_checkpoint_and_resumes(capsys, tmp_path):
     out_dir = tmp_path / "run"
-    args = ["train", "--model", "resnet18", "--dataset", "digits", "--out", out_dir, "--epochs", "1",
+    args = ["train", "--arch", "resnet18", "--dataset", "digits", "--out", out_dir, "--epochs", "1",
             "--width", "4", "--batch-size", "256", "--lr", "0.05", "--no-progress"]
     code, out, err = run_main(capsys, *args)
     assert code == 0, err
@@ -78,19 +78,28 @@ def test_convert_official_then_force(capsys, tmp_path):
 
 
 def test_unknown_model(tmp_path):
-    proc = cli("train", "--model", "sdnet99", "--dataset", "digits", "--out", tmp_path / "x")
+    proc = cli("train", "--arch", "sdnet99", "--dataset", "digits", "--out", tmp_path / "x")
     assert_proc_error(proc, "unknown model", "sdnet18")
     assert not (tmp_path / "x").exists()
 
 
 def test_negative_lambda(tmp_path):
-    proc = cli("train", "--model", "sdnet18", "--dataset", "digits", "--lam", "-1", "--out", tmp_path / "x")
+    proc = cli("train", "--arch", "sdnet18", "--dataset", "digits", "--lambda", "-1", "--out", tmp_path / "x")
     assert_proc_error(proc, "lambda")
     assert not (tmp_path / "x").exists()
 
 
+def test_train_keeps_its_old_option_names_as_deprecated_aliases(capsys, tmp_path):
+    """--model and --lam were train's names before every verb shared --model REF and --lambda LIST."""
+    code, out, err = run_main(capsys, "train", "--model", "sdnet18", "--dataset", "digits", "--lam", "-1",
+                              "--out", tmp_path / "x")
+    assert code == 2 and "train --model is deprecated; use --arch" in err and "train --lam is deprecated; use --lambda" in err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "lambda" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "x").exists()
+
+
 def test_missing_cifar_folder(tmp_path):
-    proc = cli("train", "--model", "resnet18", "--dataset", "cifar10", "--width", "4",
+    proc = cli("train", "--arch", "resnet18", "--dataset", "cifar10", "--width", "4",
                "--data-root", tmp_path / "nowhere", "--out", tmp_path / "x")
     assert_proc_error(proc, "CIFAR-10", "--download")
 
@@ -120,7 +129,7 @@ def test_errors_in_process_are_one_line_too(capsys, tmp_path):
 
 
 def test_usage_errors_exit_2_without_traceback(capsys):
-    code, _, err = run_main(capsys, "train", "--model")
+    code, _, err = run_main(capsys, "train", "--arch")
     assert code == 2 and "Traceback" not in err
 
 

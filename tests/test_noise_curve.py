@@ -57,21 +57,28 @@ def probe(clean):
     return model
 
 
-def hand_curve(model, clean, kind, levels, lambdas, seed):
-    """The reference: one image at a time, eager noise, lambda set by hand on the layer."""
+def hand_curve(model, clean, kind, levels, lambdas, seed, flags=None):
+    """The reference: one image at a time, eager noise, lambda set by hand on the layer.
+
+    flags, when a dict: filled with {(level, setting): {test-set index: right}}.
+    """
     counts = {}
     trained = model.csc.lam
     for level in levels:
         for setting in lambdas:
             correct = 0
+            name = "trained" if setting is None else f"{setting:g}"
             for i in range(len(clean)):
                 image, label, index = clean[i]
                 noisy = add_noise(image[None], kind, level, seed, [index])
                 model.csc.lam = trained if setting is None else setting
                 with torch.no_grad():
-                    correct += int(model(noisy).argmax(dim=1).item() == label)
+                    right = int(model(noisy).argmax(dim=1).item() == label)
+                correct += right
+                if flags is not None:
+                    flags.setdefault((level, name), {})[int(index)] = bool(right)
                 model.csc.lam = trained
-            counts[(level, "trained" if setting is None else f"{setting:g}")] = correct
+            counts[(level, name)] = correct
     return counts
 
 
@@ -83,9 +90,12 @@ def as_counts(frame):
 def test_curve_equals_a_hand_loop_over_single_images(probe, clean, kind, levels):
     lambdas = [None, 0.5, 2.0]
     frame = noise_curve(probe, clean, kind, levels, lambdas, seed=3, batch_size=10, compiled=False)
-    expected = hand_curve(probe, clean, kind, levels, lambdas, seed=3)
+    flags = {}
+    expected = hand_curve(probe, clean, kind, levels, lambdas, seed=3, flags=flags)
     assert as_counts(frame) == expected
-    assert list(frame.columns) == ["kind", "level", "lambda_setting", "n", "correct", "accuracy", "low", "high"]
+    assert list(frame.columns) == ["kind", "level", "lambda_setting", "n", "correct", "accuracy", "low", "high", "outcomes"]
+    for row in frame.itertuples():  # the per-example outcomes are the hand loop's, image by image
+        assert dict(zip(row.outcomes.index.tolist(), row.outcomes.correct.tolist())) == flags[(row.level, row.lambda_setting)]
     assert all((frame["low"] <= frame["accuracy"]) & (frame["accuracy"] <= frame["high"]))
     assert (frame["n"] == N).all() and (frame["accuracy"] == frame["correct"] / N).all()
     assert probe.csc.lam == 0.1 and not probe.training  # lambdas restored, mode kept
@@ -118,6 +128,37 @@ def test_accuracy_falls_with_the_gaussian_level(probe, clean):
         clean_accuracy = (probe(images).argmax(dim=1) == labels).float().mean().item()
     assert accuracy[0] == pytest.approx(clean_accuracy)  # sigma 0 is the clean image
     assert accuracy[0] > accuracy[2] and accuracy[2] < 0.5
+
+
+def test_a_stored_curve_reads_back_level_by_level_with_its_outcomes(probe, clean, tmp_path):
+    from robust_csc.evaluation.noise_curve import curve_dataset, curve_level, store_curve
+    from robust_csc.evaluation.store import ResultsStore
+
+    levels = [0.0, 0.1, 1 / 3]  # 1/3 has no short decimal: the key must still give back the exact float
+    frame = noise_curve(probe, clean, "gaussian", levels, [None, "stem=0.4"], seed=1, batch_size=16, compiled=False)
+    store = tmp_path / "r.sqlite"
+    written, kept = store_curve(frame, store, model_name="probe", checkpoint_sha256="ab" * 32,
+                                dataset=curve_dataset("digits", 1), split=f"test[:{N}]", seed=1, batch_size=16)
+    assert (written, kept) == (6, 0)
+    with ResultsStore(store) as results:
+        stored = results.to_frame()
+    assert set(stored["dataset"]) == {"digits-noise[seed=1]"} and set(stored["severity"]) == {0}
+    read = {(curve_level(c)[1], s): (k, o) for c, s, k, o in
+            zip(stored["corruption"], stored["lambda_setting"], stored["correct"], stored["outcomes"])}
+    assert sorted({level for level, _ in read}) == sorted(levels)  # exactly the floats given
+    from robust_csc.evaluation.outcomes import Outcomes
+
+    for row in frame.itertuples():
+        correct, outcomes = read[(row.level, row.lambda_setting)]
+        assert correct == row.correct
+        back = Outcomes.from_json(outcomes)
+        assert back.index.tolist() == row.outcomes.index.tolist() and back.correct.tolist() == row.outcomes.correct.tolist()
+    # a rerun keeps the stored cells; recompute replaces them
+    assert store_curve(frame, store, model_name="probe", checkpoint_sha256="ab" * 32, dataset=curve_dataset("digits", 1),
+                       split=f"test[:{N}]", seed=1) == (0, 6)
+    assert store_curve(frame, store, model_name="probe", checkpoint_sha256="ab" * 32, dataset=curve_dataset("digits", 1),
+                       split=f"test[:{N}]", seed=1, recompute=True) == (6, 0)
+    assert curve_level("gaussian_noise") is None and curve_level("none") is None
 
 
 def test_tables_and_plot_from_a_small_fixed_frame():
@@ -192,12 +233,14 @@ def checkpoints(tmp_path_factory):
     return {"sdnet": sdnet, "resnet": resnet}
 
 
-def test_command_prints_and_writes_the_curve_of_the_api(capsys, checkpoints, tmp_path):
+def test_command_prints_and_writes_the_curve_of_the_api(capsys, checkpoints, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --store, results.sqlite, goes here
     out = tmp_path / "curve.csv"
     code, stdout, err = run_main(capsys, "noise-curve", "--checkpoint", checkpoints["sdnet"], "--kind", "speckle",
                                  "--levels", "0:0.4:3", "--lambda", "trained,stem=0.5", "--n-examples", "20",
                                  "--seed", "2", "--out", out)
     assert code == 0, err
+    assert "store: results.sqlite, cells written 6, kept 0" in stdout
     assert "speckle noise, seed 2" in stdout and "best lambda setting per level: 0 " in stdout
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -234,6 +277,7 @@ def test_command_refuses_bad_input_in_one_line(capsys, checkpoints, tmp_path, ar
     checkpoint = checkpoints["resnet"] if "--resnet" in args else checkpoints["sdnet"]
     args = [a for a in args if a != "--resnet"]
     args = [str(tmp_path / a) if a.endswith((".txt", ".csv")) else a for a in args]
-    code, stdout, err = run_main(capsys, "noise-curve", "--checkpoint", checkpoint, *args)
+    code, stdout, err = run_main(capsys, "noise-curve", "--checkpoint", checkpoint, *args, "--store",
+                                 tmp_path / "results.sqlite")
     assert_user_error(code, stdout, err, *fragments)
     assert list(tmp_path.iterdir()) == []  # nothing written

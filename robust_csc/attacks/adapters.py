@@ -176,11 +176,14 @@ class AutoAttackAdapter:
             **{k: v for k, v in self.spec.options.items() if k in ("steps", "n_queries")},
         }
 
-    def perturb(self, model: nn.Module, images: Tensor, labels: Tensor, eps: float) -> Tensor:
+    def perturb(self, model: nn.Module, images: Tensor, labels: Tensor, eps: float, tick=None) -> Tensor:
+        """AutoAttack's adversarial images; tick(points, member) as its member attacks finish their batches."""
         from pyautoattack import checks
 
         device = str(images.device)
         attack = build_autoattack(model, self.spec, self.norm, eps, self.seed, device)
+        if tick is not None:
+            _report_members(attack, tick)
         # pyautoattack counts grad/backward calls during a traced forward in a module-level dict
         # that it never resets, so one dynamic model would make every later model look dynamic.
         for name in checks.funcs:
@@ -189,6 +192,36 @@ class AutoAttackAdapter:
             adv, _ = attack.run_standard_evaluation(images, labels, batch_size=self.batch_size)
         self.warnings.extend(m for m in messages if m not in self.warnings)
         return adv
+
+
+def _member_name(part, which: str) -> str:
+    if which == "apgd":
+        return f"apgd-{getattr(part, 'loss', 'ce')}"
+    if which == "fab":
+        return "fab-t" if getattr(part, "targeted", False) else "fab"
+    return {"apgd_targeted": "apgd-t", "square": "square"}[which]
+
+
+def _report_members(attack, tick) -> None:
+    """Wrap AutoAttack's member attacks so each batch they finish ticks the progress (a share per member).
+
+    pyautoattack runs its members in turn on the points still robust, with no progress of its own; a member
+    counts for 1/len(members) of the points, so the bar moves through every member, and the runner settles the
+    rest when AutoAttack returns (later members see fewer points).
+    """
+    share = 1.0 / max(1, len(attack.attacks_to_run))
+    for which in ("apgd", "apgd_targeted", "fab", "square"):
+        part = getattr(attack, which, None)
+        if part is None or not hasattr(part, "perturb"):
+            continue
+        original = part.perturb
+
+        def counted(x, y, *args, _original=original, _part=part, _which=which, **kwargs):
+            out = _original(x, y, *args, **kwargs)
+            tick(share * len(x), _member_name(_part, _which))
+            return out
+
+        part.perturb = counted
 
 
 def make_adapter(spec: AttackSpec, norm: str, num_classes: int, *, seed: int = 0, batch_size: int = 250):

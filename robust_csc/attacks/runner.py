@@ -244,20 +244,27 @@ def judge(run: nn.Module, clean: Tensor, adv: Tensor, labels: Tensor, norm: str,
     return wrong & inside, inside
 
 
-def attack_points(run, surrogate, adapter, spec: AttackSpec, images, labels, index, eps, norm, seed, batch_size, device):
-    """Attack images[index] through surrogate, judge on run; (broken positions, points returned outside the ball)."""
+def attack_points(run, surrogate, adapter, spec: AttackSpec, images, labels, index, eps, norm, seed, batch_size, device,
+                  tick=None):
+    """Attack images[index] through surrogate, judge on run; (broken positions, points returned outside the ball).
+
+    tick(points, label): progress, called as batches of points are attacked (AutoAttack: as its member attacks
+    finish their batches, each member counting for its share of the points).
+    """
     broken_parts, outside = [], 0
     with sanity.seeded(seed):
         if isinstance(adapter, AutoAttackAdapter):
             # AutoAttack batches and filters by itself: hand it every point at once, as a direct call would.
             x, y = images[index].to(device), labels[index].to(device)
-            chunks = [(torch.arange(len(index)), adapter.perturb(surrogate, x, y, eps))]
+            chunks = [(torch.arange(len(index)), adapter.perturb(surrogate, x, y, eps, tick=tick))]
         else:
             chunks = []
             for start in range(0, len(index), batch_size):
                 part = torch.arange(start, min(start + batch_size, len(index)))
                 x, y = images[index[part]].to(device), labels[index[part]].to(device)
                 chunks.append((part, adapter.perturb(surrogate, x, y, eps)))
+                if tick is not None:
+                    tick(len(part), spec.name)
     for part, adv in chunks:
         x, y = images[index[part]].to(device), labels[index[part]].to(device)
         for start in range(0, len(part), batch_size):  # judged in batches: AutoAttack returns all points at once
@@ -397,6 +404,28 @@ class _Context:
         self.n = int(labels.shape[0])
         self.cells_run = self.cells_skipped = 0
         self.other_versions: dict[str, int] = {}
+        self.bar = None  # a progress bar over points attacked (the checks' points included)
+        self.ticked = 0.0  # points the cell in flight has counted so far
+
+    # -- progress ------------------------------------------------------------------
+
+    def ticker(self, attack: str):
+        """tick(points, label) for the cell in flight: advances the bar, names the attack (AutoAttack: its member)."""
+        def tick(points: float, label: str | None = None) -> None:
+            if self.bar is None:
+                return
+            before = int(self.ticked)
+            self.ticked += points
+            if label and label != attack_id_of(attack):
+                self.bar.set_postfix_str(f"{attack_id_of(attack)}: {label}", refresh=False)
+            self.bar.update(int(self.ticked) - before)
+        return tick
+
+    def settle(self, points: int) -> None:
+        """The cell is done: the bar gets the rest of its points (AutoAttack's later members attack fewer)."""
+        if self.bar is not None and points > int(self.ticked):
+            self.bar.update(points - int(self.ticked))
+        self.ticked = float(points)
 
     # -- one cell --------------------------------------------------------------
 
@@ -423,14 +452,17 @@ class _Context:
     def attack_cell(self, attack: str, eps: float, spec: AttackSpec, adapter, surrogate, targets: Tensor, role: str) -> Outcomes:
         """Run (or reuse) one attack cell on the positions targets; store and return its robust flags."""
         stored = self._stored(attack, eps)
+        self.ticked = 0.0
         if stored is not None:
             self.cells_skipped += 1
+            self.settle(len(targets))
             return stored
         start = time.perf_counter()
         broken, outside = (torch.zeros(0, dtype=torch.long), 0)
         if len(targets):
             broken, outside = attack_points(self.run_model, surrogate, adapter, spec, self.images, self.labels, targets,
-                                            eps, self.norm, self.seed, self.batch_size, self.device)
+                                            eps, self.norm, self.seed, self.batch_size, self.device, tick=self.ticker(attack))
+            self.settle(len(targets))
         flags = self.clean.clone()
         flags[broken] = False
         outcomes = Outcomes(self.points, flags.numpy())
@@ -473,29 +505,29 @@ class _Context:
     def run(self, plan: list[_Planned], adapters: dict, eps_list: tuple[float, ...], do_checks: bool) -> AttackResult:
         norm = self.norm
         targets = self.clean.nonzero().squeeze(1)
-        bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(plan) * len(eps_list), desc=f"attacking {self.base.model}", unit="cell")
+            # Points attacked, not cells: the checks' points too (the large epsilon and the cross-check per epsilon).
+            checked = (1 + len(eps_list)) * min(sanity.CHECK_POINTS, len(targets)) if do_checks else 0
+            self.bar = tqdm(total=len(plan) * len(eps_list) * len(targets) + checked,
+                            desc=f"attacking {self.base.model} ({self.base.lambda_setting})", unit="point")
         own: dict[tuple[str, float], Outcomes] = {}
         try:
             for eps in eps_list:
                 for item in plan:
                     key = item.key(norm)
-                    if bar is not None:
-                        bar.set_postfix_str(f"{key} eps {format_epsilon(eps)}")
+                    if self.bar is not None:
+                        self.bar.set_postfix_str(f"{attack_id_of(key)} eps {format_epsilon(eps)}")
                     own[(key, eps)] = self.attack_cell(key, eps, item.spec, adapters[item.spec], self.models[item.variant],
                                                        targets, item.role)
-                    if bar is not None:
-                        bar.update(1)
+            results = self._free_checks(plan, own, eps_list)
+            if do_checks:
+                results = {**self._attacking_checks(plan, eps_list), **results}
         finally:
-            if bar is not None:
-                bar.close()
-
-        results = self._free_checks(plan, own, eps_list)
-        if do_checks:
-            results = {**self._attacking_checks(plan, eps_list), **results}
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
         worst, cells = {}, {}
         for eps in eps_list:
             worst[eps], cells[eps] = self.worst(eps)  # after the checks: their attack counts too
@@ -604,10 +636,14 @@ class _Context:
         steps = max([int(i.spec.options.get("steps", 10)) for i in plan if i.spec.name == "pgd"] + [10])
         correct = clean.nonzero().squeeze(1)[: sanity.CHECK_POINTS]
         x, y = images[correct].to(device), labels[correct].to(device)
+        if self.bar is not None:
+            self.bar.set_postfix_str("checks: gradients, large epsilon")
         results = {
             "gradients": sanity.gradient_check(run, images[: sanity.CHECK_POINTS].to(device), labels[: sanity.CHECK_POINTS].to(device)),
             "large_epsilon": sanity.large_epsilon_check(run, x, y, norm, steps, seed),
         }
+        if self.bar is not None:
+            self.bar.update(len(correct))
         strong = make_spec("pgd", {"steps": steps * sanity.MORE_STEPS_FACTOR, "restarts": sanity.MORE_RESTARTS})
         adapter = TorchattacksAdapter(strong, norm, num_classes=0, seed=seed)
         attack = f"{variant_id(strong.attack_id(norm), CHECK)}:{norm}"
@@ -619,7 +655,11 @@ class _Context:
             others, _ = self.worst(eps, checks=False)
             robust = np.flatnonzero(others.correct)
             chosen = np.sort(rng.choice(robust, size=min(sanity.CHECK_POINTS, robust.size), replace=False)) if robust.size else robust
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"check: {attack_id_of(attack)} eps {format_epsilon(eps)}")
             checked = self.attack_cell(attack, eps, strong, adapter, run, torch.as_tensor(chosen, dtype=torch.long), CHECK)
+            if self.bar is not None:  # the check's share of the bar is its most points, whatever it attacked
+                self.bar.update(max(0, min(sanity.CHECK_POINTS, int(self.clean.sum())) - len(chosen)))
             _, flags = others.aligned(checked, "the worst case and the cross-check")
             newly = int((others.correct & ~flags).sum())
             found += newly

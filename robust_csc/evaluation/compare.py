@@ -53,7 +53,7 @@ def _rows(frame: pd.DataFrame, ref: SeriesRef, narrow: dict) -> pd.DataFrame:
     series = rows[list(SERIES_FIELDS)].drop_duplicates()
     if len(series) > 1:
         listed = "; ".join(f"{r.dataset} {r.split} ({r.checkpoint_sha256[:8]})" for r in series.itertuples())
-        raise RobustCSCError(f"{ref} names {len(series)} series ({listed}); narrow it with --dataset, --split or --checkpoint")
+        raise RobustCSCError(f"{ref} names {len(series)} series ({listed}); narrow it with --store-dataset, --split or --checkpoint-sha")
     return rows
 
 

@@ -169,6 +169,16 @@ def _cell_batches(
         yield itertools.islice(batches, count)
 
 
+def _counted(batches: Iterable[Any], bar: Any) -> Iterator[Any]:
+    """The batches, advancing the progress bar by each batch's images once it is done."""
+    pending = 0
+    for batch in batches:
+        bar.update(pending)
+        pending = int(torch.as_tensor(batch[1]).shape[0])
+        yield batch
+    bar.update(pending)
+
+
 def _run_cell(
     model: nn.Module,
     batches: Iterable[Any],
@@ -325,24 +335,26 @@ def evaluate(
 
         model.to(device)
         bar = None
+        datas = [clean if cell.corruption == CLEAN else suite.dataset(cell.corruption, cell.severity) for cell in mine]
         if progress and rank == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(mine), desc=f"{model_name} on {suite.name}", unit="cell")
+            # Images, not cells: a bar over cells sat at 0% for the whole first cell.
+            bar = tqdm(total=sum(len(data) for data in datas), desc=f"{model_name} on {suite.name}", unit="image",
+                       unit_scale=True)
         try:
-            datas = [clean if cell.corruption == CLEAN else suite.dataset(cell.corruption, cell.severity) for cell in mine]
             cell_batches = _cell_batches(datas, batch_size, num_workers, pin_memory=device.type == "cuda")
             with frozen_state(model, f"evaluating {model_name}"):
-                for cell, batches in zip(mine, cell_batches):
+                for index, (cell, batches) in enumerate(zip(mine, cell_batches)):
                     if bar is not None:  # names the cell in flight
-                        bar.set_postfix_str(f"{cell.corruption} {cell.severity} lambda {cell.setting.name}")
+                        bar.set_postfix_str(f"cell {index + 1}/{len(mine)}: {cell.corruption} {cell.severity}, "
+                                            f"lambda {cell.setting.name}")
+                        batches = _counted(batches, bar)
                     values = _run_cell(model, batches, cell, has_csc, device, never_score)
                     values["extra"] = {"suite": suite.name, "batch_size": batch_size, **values["extra"]}
                     if world > 1:  # which process wrote the row, for checking a sharded run
                         values["extra"]["rank"] = rank
                     store.add(keys[cell], values, replace=recompute)  # committed now: a crash loses at most the next cell
-                    if bar is not None:
-                        bar.update(1)
         finally:
             if bar is not None:
                 bar.close()

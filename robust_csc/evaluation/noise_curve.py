@@ -6,13 +6,23 @@ and moved to the model's device; every level's noise is added there by
 add_noise (seeded per image index, so a curve does not depend on the batch
 size or the order), and every lambda setting runs on that same noisy batch.
 Noise therefore costs one kernel per (batch, level), not one per lambda.
-Each row carries n, its correct count and the 95 % Wilson interval.  A tuned
-policy is only ever run on images it was not tuned on (its reporting half of
-the clean images: LambdaPolicy.reporting_images), checked batch by batch.
+Each row carries n, its correct count, the 95 % Wilson interval and the
+per-example outcomes.  A tuned policy is only ever run on images it was not
+tuned on (its reporting half of the clean images: LambdaPolicy.reporting_images),
+checked batch by batch.
+
+store_curve writes a curve into the results store, one cell per (level,
+setting), keyed like the suites' cells: data set f"{base}-noise" (with
+"[seed=N]" for a seed other than 0), the split of the images, corruption
+f"{kind}_noise@{level!r}" (the level's shortest exact repr, so it reads back to
+the same float: curve_level), severity 0 (a level is not a severity), and the
+lambda setting's name.  A rerun keeps the cells already stored (recompute
+replaces them); the report draws every stored curve with its intervals.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -25,13 +35,36 @@ from robust_csc.corruptions.noise import NOISE_KINDS, add_noise, check_noise_lev
 from robust_csc.deployed import eval_only, frozen_state
 from robust_csc.adaptation import adaptation_of
 from robust_csc.errors import RobustCSCError
-from robust_csc.evaluation.stats import wilson_columns
 from robust_csc.evaluation.harness import _check_int
+from robust_csc.evaluation.outcomes import Outcomes
+from robust_csc.evaluation.stats import wilson_columns
 from robust_csc.lambdas import as_setting, check_model_takes, fitted_part
 from robust_csc.runtime import model_device
 from robust_csc.user_errors import worker_errors
 
 COLUMNS = ("kind", "level", "lambda_setting", "n", "correct", "accuracy", "low", "high")
+LEVEL_MARK = "@"  # corruption f"{kind}_noise@{level!r}": a cell of a continuous noise level
+
+
+def curve_corruption(kind: str, level: float) -> str:
+    """The store's corruption name of a noise-curve cell: "gaussian_noise@0.1" (repr: the exact float)."""
+    return f"{noise_kind(kind)}_noise{LEVEL_MARK}{float(level)!r}"
+
+
+def curve_level(corruption: str) -> tuple[str, float] | None:
+    """(kind, level) of a noise-curve cell's corruption name; None for any other cell."""
+    kind, mark, level = str(corruption).partition(LEVEL_MARK)
+    if not mark or not kind.endswith("_noise"):
+        return None
+    try:
+        return kind[: -len("_noise")], float(level)
+    except ValueError:
+        return None
+
+
+def curve_dataset(base: str, seed: int = 0) -> str:
+    """The store's data set name of a noise curve on base's test images: "digits-noise", "digits-noise[seed=2]"."""
+    return f"{base}-noise" + (f"[seed={seed}]" if seed else "")
 
 
 def noise_kind(kind: object) -> str:
@@ -116,10 +149,13 @@ def noise_curve(
     loader = DataLoader(clean, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     correct = torch.zeros(len(values), len(settings), dtype=torch.int64, device=device)
+    flags: list[list[list[torch.Tensor]]] = [[[] for _ in settings] for _ in values]
+    index_parts: list[torch.Tensor] = []
     fitted = [p for p in (fitted_part(s) for s in settings) if p is not None]
     never = [torch.as_tensor(p.tune_index, dtype=torch.int64) for p in fitted]
     never_score = torch.cat(never) if never else None
     n = 0
+    started = time.perf_counter()
     model.to(device)
     batches = worker_errors(loader)  # a failing worker: its sentence, and the workers stopped now
     if progress:
@@ -140,7 +176,10 @@ def noise_curve(
                 noisy = add_noise(images, kind, level, seed, indices, compiled=compiled)
                 for j, setting in enumerate(settings):
                     with setting.applied(model, corruption, 0) as applied:
-                        correct[i, j] += (eval_only(applied)(noisy).argmax(dim=1) == labels).sum()
+                        right = eval_only(applied)(noisy).argmax(dim=1) == labels
+                    correct[i, j] += right.sum()
+                    flags[i][j].append(right)
+            index_parts.append(torch.as_tensor(indices).reshape(-1).cpu())
             n += int(labels.shape[0])
 
     counts = correct.cpu().tolist()
@@ -151,7 +190,55 @@ def noise_curve(
     ]
     frame = pd.DataFrame(rows, columns=list(COLUMNS[:-2]))
     frame["low"], frame["high"] = wilson_columns(frame["correct"].tolist(), frame["n"].tolist())
+    index = torch.cat(index_parts).numpy()
+    frame.attrs["seconds"] = time.perf_counter() - started
+    frame["outcomes"] = [Outcomes(index, torch.cat(flags[i][j]).cpu().numpy())
+                         for i in range(len(values)) for j in range(len(settings))]
     return frame
+
+
+def store_curve(
+    frame: pd.DataFrame,
+    store: Any,
+    *,
+    model_name: str,
+    checkpoint_sha256: str,
+    dataset: str,
+    split: str,
+    seed: int = 0,
+    batch_size: int | None = None,
+    recompute: bool = False,
+) -> tuple[int, int]:
+    """Write noise_curve's frame into the results store, one cell per (level, lambda setting); (written, kept).
+
+    dataset: the curve's data set name (curve_dataset(base, seed)); split: the images' split ("test[:200]",
+    or a policy's reporting split).  Cells already stored are kept unless recompute.
+    """
+    from robust_csc.evaluation.store import CellKey, open_store
+
+    missing = [c for c in ("kind", "level", "lambda_setting", "n", "correct", "outcomes") if c not in frame.columns]
+    if missing:
+        raise RobustCSCError(f"the frame lacks column {missing[0]!r}; pass what noise_curve returned")
+    seconds = float(frame.attrs.get("seconds", 0.0)) / max(len(frame), 1)  # the curve's time, shared by its cells
+    handle, owned = open_store(store)
+    written = kept = 0
+    try:
+        for row in frame.itertuples(index=False):
+            key = CellKey(model_name, checkpoint_sha256, dataset, split, curve_corruption(row.kind, row.level), 0,
+                          row.lambda_setting)
+            extra = {"kind": row.kind, "level": float(row.level), "seed": seed}
+            if batch_size is not None:
+                extra["batch_size"] = batch_size
+            values = {"n": int(row.n), "correct": int(row.correct), "seconds": seconds, "extra": extra,
+                      "outcomes": row.outcomes}
+            if handle.add(key, values, replace=recompute):
+                written += 1
+            else:
+                kept += 1
+    finally:
+        if owned:
+            handle.close()
+    return written, kept
 
 
 def curve_files(out: str | Path) -> dict[str, Path]:
@@ -167,7 +254,8 @@ def save_curve(frame: pd.DataFrame, out: str | Path, title: str) -> dict[str, Pa
 
     paths = curve_files(out)
     save_figure(accuracy_vs_noise_level(frame, title), paths["csv"].parent, paths["csv"].stem)
-    atomic_write(paths["csv"], lambda f: f.write(frame.to_csv(index=False).encode("utf-8")))
+    table = frame.drop(columns=["outcomes"], errors="ignore")  # per-example outcomes live in the store, not the CSV
+    atomic_write(paths["csv"], lambda f: f.write(table.to_csv(index=False).encode("utf-8")))
     return paths
 
 
@@ -198,4 +286,7 @@ def best_per_level(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"best_lambda_setting": best, "accuracy": table.max(axis=1)})
 
 
-__all__ = ["COLUMNS", "best_per_level", "check_levels", "curve_files", "curve_table", "curve_text", "noise_curve", "noise_kind", "save_curve"]
+__all__ = [
+    "COLUMNS", "best_per_level", "check_levels", "curve_corruption", "curve_dataset", "curve_files", "curve_level",
+    "curve_table", "curve_text", "noise_curve", "noise_kind", "save_curve", "store_curve",
+]

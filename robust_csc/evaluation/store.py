@@ -8,6 +8,10 @@ so a rerun skips what is done (or, with replace=True, recomputes it); every
 cell is written in its own committed transaction, so a process killed at any
 moment loses at most the cell in flight and never leaves half a row.
 
+A noise curve's cell (robust_csc.evaluation.noise_curve.store_curve) names
+its continuous level in the corruption, "gaussian_noise@0.1" (the float's
+exact repr), with severity 0.
+
 Schema 2 added the outcomes and code_version columns; a schema-1 store is
 upgraded in place when opened (two added columns, NULL for the old rows,
 which then have no per-example outcomes and an unknown version).
@@ -124,10 +128,12 @@ class CellKey:
         severity = self.severity
         if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 0 <= severity <= 5:
             raise RobustCSCError(f"cell severity is {severity!r}; pass an integer from 0 (clean) to 5")
-        if (self.corruption == "none") != (int(severity) == 0):
+        # A noise curve's cell names its continuous level in the corruption ("gaussian_noise@0.1") and has no severity.
+        level_cell = "@" in self.corruption
+        if (self.corruption == "none" or level_cell) != (int(severity) == 0):
             raise RobustCSCError(
-                f"cell corruption {self.corruption!r} with severity {severity} does not fit; "
-                "use corruption 'none' with severity 0 and a named corruption with severity 1 to 5"
+                f"cell corruption {self.corruption!r} with severity {severity} does not fit; use corruption 'none' or a "
+                "noise level ('gaussian_noise@0.1') with severity 0 and a named corruption with severity 1 to 5"
             )
         epsilon = self.epsilon
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon) or epsilon < 0:
