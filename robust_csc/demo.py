@@ -13,10 +13,14 @@
 5. Attack the label-free rule with PGD at 2/255 and 8/255 on its reporting split, through
    the rule and with the adaptive attacks (BPDA with lambda fixed or re-picked, transfer from
    the trained lambda), the same way as the trained lambda on the same points.
-6. Measure the SDNet's accuracy against a continuous gaussian sigma at its
+6. Compare lambda tuning with test-time adaptation on the tuning suite's reporting split (the
+   policy restricts the run to it): the SDNet at its trained lambda, the recon rule, bn-adapt (N = 0),
+   tent and tent on top of the rule; the ResNet at its trained weights, bn-adapt and tent on the
+   same images.
+7. Measure the SDNet's accuracy against a continuous gaussian sigma at its
    trained lambda, a raised stem lambda and the label-free rule on the rule's reporting split
-   (``out_dir/noise_curve.csv`` and its figure).
-7. Write the report (``out_dir/report/index.html`` and its Markdown twin).
+   (into the store, and ``out_dir/noise_curve.csv`` with its figure).
+8. Write the report (``out_dir/report/index.html`` and its Markdown twin) and print its key results.
 
 A CLI job: it prints, and its last line is the path of the HTML report.
 """
@@ -80,6 +84,9 @@ QUICK_CURVE_LEVELS = (0.0, 0.25, 0.5)
 CURVE_LAMBDAS = (None, "stem=1")
 CURVE_NAME = "noise_curve.csv"
 REPORT_NAME = "report"
+# Lambda tuning beside test-time adaptation, on the tuning suite's reporting split: batches of 64 (two per cell of
+# 100 reporting images; TTA results depend on the batch size, which the settings' names record).
+TTA_BATCH_SIZE = 64
 
 
 def run_demo(
@@ -132,6 +139,7 @@ def run_demo(
         ("suite", _evaluate_suite, _print_suite),
         ("attack", _attack, _print_attack),
         ("tune", _tune, _print_tune),
+        ("tta", _tta, _print_tta),
         ("policy attack", _attack_policy, _print_policy_attack),
         ("curve", _curve, _print_curve),
         ("report", _report, None),
@@ -144,6 +152,10 @@ def run_demo(
             echo("")
             show(results, echo)
     results["seconds"] = time.perf_counter() - started
+    echo("")
+    echo("key results (the report's first table)")
+    for line in results["report"]["key_results"]:
+        echo(f"  {line}" if line else "")
     echo("")
     for arch, r in results["models"].items():
         echo(f"checkpoint {arch}: {r['checkpoint']}")
@@ -285,10 +297,58 @@ def _print_tune(results: dict, echo: Callable[[str], None]) -> None:
         echo(line)
 
 
+def _tta(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
+    """Lambda tuning beside test-time adaptation on the tuning suite's reporting split, both models, same images."""
+    from robust_csc.adaptation import BNAdapt, Tent, compose
+    from robust_csc.data.generated import generated_clean, generated_suite
+    from robust_csc.evaluation.harness import evaluate_checkpoint, scoring_split
+    from robust_csc.models.checkpoints import checkpoint_hash
+    from robust_csc.tuning import load_policy
+
+    sdnet = results["models"]["sdnet18"]["checkpoint"]
+    policy = load_policy(results["tune"]["policy"], checkpoint_hash(sdnet))
+    corruptions = QUICK_TUNE_CORRUPTIONS if quick else TUNE_CORRUPTIONS
+    n = QUICK_SUITE_IMAGES if quick else SUITE_IMAGES
+    suite = generated_suite("digits", profile=TUNE_PROFILE, corruptions=corruptions, n_examples=n)
+    clean = generated_clean("digits", "test", None, n)
+    out = {"models": {}}
+    # The SDNet with the policy among its settings: the harness scores every setting on the policy's reporting split.
+    out["models"]["sdnet18"] = evaluate_checkpoint(
+        sdnet, suite, store=out_dir / STORE_NAME, clean=clean, dataset=suite.name, split=f"test[:{n}]",
+        lambdas=[None, policy, BNAdapt(prior=0), Tent(), compose(Tent(), policy)], batch_size=TTA_BATCH_SIZE,
+        progress=progress,
+    )
+    # The ResNet on the same images (it has no lambda to tune): the policy's reporting split, named alike.
+    report_suite, report_clean, split, _ = scoring_split([policy], suite, clean, f"test[:{n}]")
+    out["models"]["resnet18"] = evaluate_checkpoint(
+        results["models"]["resnet18"]["checkpoint"], report_suite, store=out_dir / STORE_NAME, clean=report_clean,
+        dataset=suite.name, split=split, lambdas=[None, BNAdapt(prior=0), Tent()], batch_size=TTA_BATCH_SIZE,
+        progress=progress,
+    )
+    out.update(suite=suite.name, split=split, images=len(report_clean))
+    return out
+
+
+def _print_tta(results: dict, echo: Callable[[str], None]) -> None:
+    from robust_csc.reports.cells import Cells
+    from robust_csc.reports.names import naming, setting_label
+
+    tta = results["tta"]
+    echo(f"lambda tuning beside test-time adaptation on {tta['suite']}, the {tta['images']} reporting-split digits "
+         f"per cell; mean accuracy over the noise cells ({results['seconds_by_step']['tta']:.0f}s)")
+    for arch, result in tta["models"].items():
+        frame = result.frame
+        rows = frame[(frame["attack"] == "none") & (frame["split"] == result.split) & (frame["corruption"] != "none")]
+        with naming(Cells.from_frame(frame).frame):  # the policy by its rule: recon rule, per sample (7f27…)
+            for name in result.summaries:
+                mean = rows[rows["lambda_setting"] == name]["accuracy"].mean()
+                echo(f"  {arch:<9} {setting_label(name):<58} {mean * 100:5.1f}%")
+
+
 def _curve(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
     """The SDNet's accuracy against gaussian sigma: trained lambda, a raised stem lambda, the label-free rule."""
     from robust_csc.data.generated import generated_clean
-    from robust_csc.evaluation.noise_curve import noise_curve, save_curve
+    from robust_csc.evaluation.noise_curve import curve_dataset, noise_curve, save_curve, store_curve
     from robust_csc.models.checkpoints import checkpoint_hash
     from robust_csc.tuning import load_policy
 
@@ -301,9 +361,10 @@ def _curve(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
     clean = policy.reporting_images(generated_clean("digits", "test", None, n))
     frame = noise_curve(model, clean, "gaussian", levels, (*CURVE_LAMBDAS, policy), model_name="sdnet18",
                         progress=progress)
-    frame["lambda_setting"] = frame["lambda_setting"].replace(policy.name, "recon rule")
+    store_curve(frame, out_dir / STORE_NAME, model_name="sdnet18", checkpoint_sha256=checkpoint_hash(checkpoint),
+                dataset=curve_dataset("digits"), split=policy.report_split)
     paths = save_curve(frame, out_dir / CURVE_NAME, "sdnet18 on digits: accuracy against gaussian sigma")
-    return {"frame": frame, "images": len(clean), "csv": str(paths["csv"])}
+    return {"frame": frame, "images": len(clean), "csv": str(paths["csv"]), "policy": policy.name}
 
 
 def _print_curve(results: dict, echo: Callable[[str], None]) -> None:
@@ -311,7 +372,8 @@ def _print_curve(results: dict, echo: Callable[[str], None]) -> None:
 
     curve = results["curve"]
     echo(f"sdnet18 against gaussian sigma on the {curve['images']} reporting-split digits (accuracy in % ± half the "
-         f"95% Wilson interval, lambda per column; {results['seconds_by_step']['curve']:.0f}s)")
+         f"95% Wilson interval, lambda per column, the recon rule is {curve['policy']}; "
+         f"{results['seconds_by_step']['curve']:.0f}s)")
     for line in curve_text(curve["frame"]).to_string().splitlines():
         echo(f"  {line}")
 
@@ -320,6 +382,8 @@ def _report(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
     """The HTML report (and its Markdown twin) of everything in the store."""
     from robust_csc.reports import write_report
 
+    from robust_csc.reports.key_results import store_text_lines
+
     checkpoints = [r["checkpoint"] for r in results["models"].values()]
     html = write_report(out_dir / STORE_NAME, out_dir / REPORT_NAME, baseline="resnet18", checkpoints=checkpoints)
-    return {"html": str(html)}
+    return {"html": str(html), "key_results": store_text_lines(out_dir / STORE_NAME, baseline="resnet18")}

@@ -59,6 +59,11 @@ def report(
         title=title,
         data_root=data_root,
     )
+    from robust_csc.reports.key_results import store_text_lines
+
+    for line in store_text_lines(store, baseline):  # the key results, as the page opens with them
+        say(line)
+    say()
     tables = sorted((out / "tables").glob("*.csv"))
     figures = sorted((out / "figures").glob("*.png"))
     say(f"wrote {len(tables)} tables (CSV, Markdown, LaTeX) and {len(figures)} plots (PNG, PDF) to {out}")

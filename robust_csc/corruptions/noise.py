@@ -11,6 +11,7 @@ built once per level with scipy) in poisson.py.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import warnings
@@ -187,10 +188,28 @@ def _keyed(kind: str) -> Callable:
     return keyed_kernel
 
 
+class _NoCudaRuntimeNote(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." (a CUDA toolkit on a machine without a GPU).
+
+    Inductor looks for CUDA while it builds a CPU kernel and logs this at WARNING on every such machine; the
+    kernels here run where the images are, so it never concerns them, and it must not reach a user's console.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def _quiet_cuda_home() -> None:
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeNote) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntimeNote())
+
+
 def _compiled(name: str, fn: Callable) -> Callable:
     """fn through torch.compile, built once per process (and per input size) under name."""
     compiled = _compiled_kernels.get(name)
     if compiled is None:
+        _quiet_cuda_home()
         compiled = _compiled_kernels[name] = torch.compile(
             fn, dynamic=False, fullgraph=True, options=_COMPILE_OPTIONS.get(name)
         )

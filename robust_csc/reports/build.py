@@ -42,9 +42,12 @@ from robust_csc.reports.cells import (
     tune_split,
 )
 from robust_csc.reports.formats import write_table
-from robust_csc.reports.page import Document, FigureItem, Row, Section, TableItem, Text, render_html, render_markdown
+from robust_csc.reports.page import Document, FigureItem, Finding, Row, Section, TableItem, Text, render_html, render_markdown
 from robust_csc.reports.robustbench import robustbench_section
+from robust_csc.reports import key_results as K
+from robust_csc.reports import names as N
 from robust_csc.reports import tables as T
+from robust_csc.reports import tta
 
 MARKER = ".robust-csc-report"  # marks a folder as a report this function may replace
 EXAMPLE_IMAGES = 4
@@ -256,21 +259,27 @@ def build_report(
     reference = reference or cells
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     models = sorted(set(cells.frame["model"]))
-    sections = [
-        _settings(b, cells, checkpoints, baseline, store_name, created),
-        _summary(b, cells, reference, baseline),
-        *_corruptions(b, cells),
-        _attacks(b, cells),
-        _tuning(b, cells),
-        _model_plots(b, cells, checkpoints, data_root),
-        robustbench_section(folder, cells),
-    ]
+    with N.naming(reference.frame):  # policies get their readable names (recon rule, per sample (7f27…))
+        sections = [
+            _key_results(b, cells, reference, baseline),
+            *_tta_sections(b, cells),
+            _summary(b, cells, reference, baseline),
+            *_corruptions(b, cells),
+            *_curves(b, cells),
+            _attacks(b, cells),
+            _tuning(b, cells),
+            _model_plots(b, cells, checkpoints, data_root),
+            robustbench_section(folder, cells),
+            _glossary(),
+            _settings(b, cells, checkpoints, baseline, store_name, created),
+        ]
     if b.report.notes:
         sections.append(Section("notes", "Notes", "What this report could not show, and why.",
                                 [Text(n) for n in b.report.notes]))
     doc = Document(
         title or f"Robustness report: {', '.join(models)}",
-        f"robust-csc report of {store_name or 'a results store'}, created {created}.",
+        f"robust-csc report of {store_name or 'a results store'}, created {created}. Accuracies in percent with "
+        "their 95% interval; the run's provenance (checkpoints, seeds, versions) is at the end.",
         sections,
     )
     b.report.document = doc
@@ -367,8 +376,161 @@ def _settings(b: _Builder, cells: Cells, checkpoints, baseline, store_name, crea
             f"trained lambda {lam_text}."
         )
     items += [Text(f, note=False) for f in facts]
-    intro = "What was run: the models, their checkpoints' sha256, the data sets (suite names), splits, seeds and versions."
+    intro = ("Provenance: the models, their checkpoints' sha256, the data sets (suite names), splits, settings (exact "
+             "store names), seeds and versions.")
     return Section("settings", "Run settings", intro, items)
+
+
+def key_tables(cells: Cells, reference: Cells | None = None, baseline: str | None = None):
+    """[(evaluation, its Table, its sentences)]: the report's key results (robust_csc.reports.key_results)."""
+    reference = reference or cells
+    mce = {}
+    if baseline is not None:
+        frame, base_frame = cells.corruption, reference.corruption
+        for series in series_of(frame):
+            figures = T._mce(frame, base_frame, series, baseline, [])
+            mce[(series.model, series.checkpoint_sha256, series.lambda_setting, series.dataset, series.split)] = figures
+    out = []
+    evaluations = K.evaluations(cells, baseline)
+    for i, evaluation in enumerate(evaluations):
+        mine = {(m, sha, setting): f for (m, sha, setting, d, sp), f in mce.items()
+                if (d, sp) == (evaluation.dataset, evaluation.split)}
+        frame, intervals, hidden = K.key_frame(evaluation, mine)
+        kinds = {c: T.TEXT for c in frame.columns}
+        for column in intervals:
+            kinds[column] = T.PERCENT
+        headers = K.headers(evaluation, frame)
+        about = ("Accuracy in % with its 95% interval (Wilson for one cell, a bootstrap over the images for a mean "
+                 "and for mCE); robust accuracy: the worst case over every attack run at that budget. Only a "
+                 "difference marked significant (p < 0.05) is evidence. The CSV has the exact store names and bounds.")
+        name = "key_results" if i == 0 else f"key_results__{slug(evaluation.dataset + '__' + evaluation.split)}"
+        table = T.Table(name, f"On {evaluation.title}", about, frame, kinds, intervals=intervals,
+                        hidden=tuple(hidden), headers=headers, footnote=K.footnote(evaluation))
+        out.append((evaluation, table, K.key_sentences(evaluation)))
+    return out
+
+
+def _key_results(b: _Builder, cells: Cells, reference: Cells, baseline) -> Section:
+    section = Section("key", "Key results", "")
+    found = key_tables(cells, reference, baseline)
+    if not found:
+        section.items.append(b.note("The store holds no corruption or attack cells to summarise."))
+    for _, table, sentences in found:
+        item = b.table(table)
+        item.findings = [Finding(text) for text in sentences]
+        section.items.append(item)
+    return section
+
+
+def _tta_sections(b: _Builder, cells: Cells) -> list[Section]:
+    """Lambda tuning beside test-time adaptation, per evaluation that has a policy or a TTA setting."""
+    frame = cells.corruption
+    if frame.empty:
+        return []
+    groups = [(key, rows) for key, rows in frame.groupby(["dataset", "split"], sort=True) if tta.applies(rows)]
+    if not groups:
+        return []
+    intro = ("Does lambda tuning add to the standard test-time remedies, or replace them? Accuracy by severity for "
+             "the trained λ, the tuned λ, bn-adapt, tent and their combinations, on the same images, and the paired "
+             "differences between them.")
+    section = Section("tta", "Lambda tuning and test-time adaptation", intro)
+    for (dataset, split), rows in groups:
+        where = N.data_label(dataset, split)
+        by_severity = tta.by_severity(rows)
+        by_severity.name = f"tta_by_severity__{slug(dataset + '__' + split)}"
+        by_severity.title = f"{by_severity.title}: {where}"
+        section.items.append(b.table(by_severity))
+        figure = plots.tta_by_severity(by_severity.frame, f"Accuracy by severity per setting, {where}")
+        section.items.append(b.figure(figure, f"tta__{slug(dataset + '__' + split)}",
+                                      f"Accuracy (%) against severity per setting and model on {where}; bars: 95% "
+                                      "intervals; the points of each setting are offset sideways to stay visible."))
+        additions = tta.additions(rows)
+        if not additions.frame.empty:
+            additions.name = f"tta_additions__{slug(dataset + '__' + split)}"
+            section.items.append(b.table(additions))
+            section.items.extend(Finding(text) for text in tta.answer(additions))
+    return [section]
+
+
+def _curves(b: _Builder, cells: Cells) -> list[Section]:
+    """The noise curves in the store: accuracy against a continuous noise level per setting, with intervals."""
+    from robust_csc.evaluation.noise_curve import curve_level
+    from robust_csc.evaluation.stats import wilson_columns
+
+    frame = cells.curve
+    if frame.empty:
+        return []
+    intro = ("Accuracy against a continuous noise level (the paper's λ-versus-noise curves), per λ setting, on the "
+             "same noisy images for every setting; bands and ± are the 95% Wilson intervals.")
+    section = Section("noise-curves", "Noise curves", intro)
+    parsed = [curve_level(c) for c in frame["corruption"]]
+    frame = frame.assign(kind=[p[0] for p in parsed], level=[p[1] for p in parsed])
+    for (model, sha, dataset, split, kind), rows in frame.groupby(
+            ["model", "checkpoint_sha256", "dataset", "split", "kind"], sort=True):
+        settings = sorted(set(rows["lambda_setting"]), key=lambda n: (N.setting_kind(n) != "trained", lambda_order(n)))
+        curve = rows.assign(order=rows["lambda_setting"].map({n: i for i, n in enumerate(settings)}))
+        curve = curve.sort_values(["order", "level"])
+        curve["low"], curve["high"] = wilson_columns(curve["correct"].tolist(), curve["n"].tolist())
+        where = f"{model} (checkpoint {sha[:8]}), {N.data_label(dataset, split)}"
+        figure = plots.accuracy_vs_noise_level(curve, f"{where}: accuracy against {kind} noise")
+        name = slug(f"{model}__{sha[:8]}__{dataset}__{split}__{kind}")
+        section.items.append(b.figure(figure, f"noise_curve__{name}",
+                                      f"Accuracy (%) against the {kind} noise level: {where}; bands: 95% Wilson "
+                                      f"intervals (n = {int(rows['n'].max())} images per point)."))
+        table = curve.pivot(index="level", columns="lambda_setting", values="accuracy")[settings]
+        lows = curve.pivot(index="level", columns="lambda_setting", values="low")[settings]
+        highs = curve.pivot(index="level", columns="lambda_setting", values="high")[settings]
+        out = pd.DataFrame({"level": table.index})
+        intervals, headers = {}, {}
+        for setting in settings:
+            out[setting] = table[setting].to_numpy()
+            out[f"{setting} low"], out[f"{setting} high"] = lows[setting].to_numpy(), highs[setting].to_numpy()
+            intervals[setting] = (f"{setting} low", f"{setting} high")
+            headers[setting] = N.setting_label(setting)
+        kinds = {c: T.PERCENT for c in out.columns}
+        kinds["level"] = T.RATIO
+        headers["level"] = plots.LEVEL_UNITS.get(kind, "level")
+        about = (f"Accuracy in % ± half the 95% Wilson interval at each {kind} noise level (rows) per setting "
+                 f"(columns); n = {int(rows['n'].max())} images. The CSV names the settings exactly.")
+        section.items.append(b.table(T.Table(f"noise_curve__{name}", f"Noise curve: {where}", about, out, kinds,
+                                             intervals=intervals, interval_style="pm", headers=headers)))
+    return [section]
+
+
+GLOSSARY = (
+    ("λ (lambda)", "the sparsity weight of a CSC layer's code; it can be changed at test time without retraining."),
+    ("trained λ", "the lambdas the checkpoint was trained with; the reference every other setting is compared with."),
+    ("severity", "the corruption strength, 1 to 5 (CIFAR-10-C / ImageNet-C parameters); 0 is the clean image."),
+    ("mean corruption accuracy", "the mean accuracy over the corruption cells (corruption × severity) that were run."),
+    ("mCE", "Hendrycks' mean corruption error: per corruption, the errors summed over severities divided by the "
+            "baseline model's, averaged over the 15 common corruptions; below 100% beats the baseline."),
+    ("recon error", "the stem CSC layer's reconstruction error ‖x − Az‖² per image: how far its sparse code's "
+                    "synthesis A z is from the input x; it grows with noise."),
+    ("code density", "the fraction of the stem's code entries that are non-zero; a larger λ makes codes sparser."),
+    ("oracle", "the per-cell best λ of a grid sweep, chosen with the labels of the tuning split: an upper reference, "
+               "not a deployable rule (a grid policy applies it per corruption and severity)."),
+    ("recon rule", "a label-free policy: λ from a straight line fitted to the stem's recon error at the trained λ, "
+                   "chosen per sample or per batch at test time."),
+    ("tuning / reporting split", "every cell's images halved by a seeded permutation: λ is chosen on the tuning half "
+                                 "and scored only on the reporting half, never on an image that chose it."),
+    ("bn-adapt", "BatchNorm statistics re-estimated on each test batch (N: the prior strength of the source "
+                 "statistics; N = 0 uses the batch alone)."),
+    ("tent", "one entropy-minimisation step per test batch on the BatchNorm affine parameters, reset per cell "
+             "(episodic) or carried on (online)."),
+    ("worst case", "per image, robust only if it survived every attack run at that budget (the sanity checks' "
+                   "stronger attack and the adaptive attacks included)."),
+    ("AutoAttack-grade", "the worst case includes the full standard AutoAttack, comparable with RobustBench figures."),
+    ("upper bound", "a robust accuracy from weaker attacks only (e.g. PGD): the true robust accuracy may be lower."),
+    ("interval", "the 95% interval of a figure: Wilson for one cell, a bootstrap over images for a mean or mCE, a "
+                 "paired bootstrap for a difference."),
+    ("significant", "a paired difference with p < 0.05 (exact McNemar for one cell, the paired bootstrap for a mean); "
+                    "a difference that is not significant is no evidence of a gain or a loss."),
+)
+
+
+def _glossary() -> Section:
+    items = [Text(f"{term}: {text}", note=False) for term, text in GLOSSARY]
+    return Section("glossary", "Glossary", "The few terms the tables and plots use.", items)
 
 
 def _summary(b: _Builder, cells: Cells, reference: Cells, baseline) -> Section:
@@ -384,8 +546,8 @@ def _summary(b: _Builder, cells: Cells, reference: Cells, baseline) -> Section:
     if not comparisons.frame.empty:
         items.append(b.table(comparisons))
     items.extend(b.note(text) for text in _provenance_notes(cells))
-    intro = ("The headline numbers of every model with their 95% intervals: clean and corruption accuracy, mCE and "
-             "robust accuracy; then every paired difference with its significance.")
+    intro = ("Every corruption series with its 95% intervals: clean accuracy, the means over the cells run, the "
+             "RobustBench and severity-5 means, mCE; then every paired difference with its significance.")
     return Section("summary", "Summary across models", intro, items)
 
 

@@ -11,7 +11,8 @@ Cell kinds (store conventions of the harness, the attacks and the tuner):
 - policy cells: lambda_setting "policy:<hex>" on a reporting split
   f"{base}:report:s{seed}" (their "trained" twins sit on the same split);
 - attack cells: attack f"{id}:{norm}", and f"worst-case:{norm}" for the
-  pointwise worst case over the attacks run at one (norm, epsilon).
+  pointwise worst case over the attacks run at one (norm, epsilon);
+- noise-curve cells: corruption f"{kind}_noise@{level}" with severity 0.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ CLEAN = "none"
 TRAINED = "trained"
 POLICY_PREFIX = "policy:"
 WORST_CASE = "worst-case"
+LEVEL_MARK = "@"  # a noise curve's cell: corruption f"{kind}_noise@{level!r}" (robust_csc.evaluation.noise_curve)
 
 _TUNE = re.compile(r"^(?P<base>.*):tune:s(?P<seed>\d+)$")
 _REPORT = re.compile(r"^(?P<base>.*):report:s(?P<seed>\d+)$")
@@ -58,8 +60,10 @@ class Series:
         return f"{self.dataset} {self.split}"
 
     def title(self) -> str:
-        """Everything that identifies the series, for headings."""
-        return f"{self.model} (checkpoint {self.short_sha}), {self.dataset}, split {self.split}, lambda {self.lambda_setting}"
+        """Everything that identifies the series, for headings (the setting by its readable name)."""
+        from robust_csc.reports.names import setting_label
+
+        return f"{self.model} (checkpoint {self.short_sha}), {self.dataset}, split {self.split}, {setting_label(self.lambda_setting)}"
 
     def slug(self) -> str:
         """A file-name stem: letters, digits, '.', '-' and '_' only."""
@@ -106,7 +110,10 @@ def series_of(frame: pd.DataFrame) -> list[Series]:
 
 
 def labels(series: list[Series]) -> dict[Series, str]:
-    """Short unique legend names: the model, then only the parts that vary among the series shown."""
+    """Short unique legend names: the model, then only the parts that vary among the series shown, then the
+    setting's readable name (robust_csc.reports.names)."""
+    from robust_csc.reports.names import setting_label
+
     shas = {}
     for s in series:
         shas.setdefault(s.model, set()).add(s.checkpoint_sha256)
@@ -118,7 +125,7 @@ def labels(series: list[Series]) -> dict[Series, str]:
             text += f" @{s.short_sha}"
         if len(datas) > 1:
             text += f" [{s.data}]"
-        out[s] = f"{text}, λ {s.lambda_setting}"
+        out[s] = f"{text}, {setting_label(s.lambda_setting)}"
     return out
 
 
@@ -197,7 +204,15 @@ class Cells:
         return cls(frame)
 
     def _unattacked(self) -> pd.DataFrame:
-        return self.frame[self.frame["attack"] == "none"]
+        """Unattacked cells of the suites (a noise curve's cells, "gaussian_noise@0.1", are not among them)."""
+        rows = self.frame[self.frame["attack"] == "none"]
+        return rows[~rows["corruption"].str.contains(LEVEL_MARK, regex=False)]
+
+    @property
+    def curve(self) -> pd.DataFrame:
+        """Noise-curve cells (robust_csc.evaluation.noise_curve.store_curve): a continuous level per cell."""
+        rows = self.frame[self.frame["attack"] == "none"]
+        return rows[rows["corruption"].str.contains(LEVEL_MARK, regex=False)]
 
     @property
     def corruption(self) -> pd.DataFrame:

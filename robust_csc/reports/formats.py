@@ -40,7 +40,7 @@ def format_value(value, kind: str, column: str, na: str) -> str:
     if kind == PVALUE:
         return format_p(float(value))
     if kind == LAMBDA:
-        return f"{float(value):.3g}"
+        return f"{float(value):.2f}"  # one format for lambda everywhere (robust_csc.reports.names.lam)
     if kind == INTEGER:
         return str(int(value))
     if kind == RATIO:
@@ -61,26 +61,35 @@ def with_interval(text: str, value, low, high, kind: str, style: str) -> str:
 
 def display_frame(table: Table, na: str) -> pd.DataFrame:
     """Every cell as the text a person reads; the index (if shown) becomes the first column; an interval is
-    printed with its value and its bound columns are not shown."""
+    printed with its value and its bound columns are not shown; neither are the CSV-only columns, nor a column
+    that is empty in every row (a table shows what it has)."""
     frame = table.frame.reset_index() if table.index else table.frame
-    hidden = {bound for bounds in table.intervals.values() for bound in bounds}
+    hidden = {bound for bounds in table.intervals.values() for bound in bounds} | set(table.hidden)
     out = {}
     for column in frame.columns:
         if column in hidden:
             continue
         kind = table.kinds.get(column, "text")
-        header = "checkpoint" if column == SHA_COLUMN else str(column)
         texts = [format_value(v, kind, column, na) for v in frame[column]]
+        if len(frame) and all(t in (na, "") for t in texts):
+            continue
         if column in table.intervals:
             low, high = table.intervals[column]
             texts = [with_interval(t, v, lo, hi, kind, table.interval_style)
                      for t, v, lo, hi in zip(texts, frame[column], frame[low], frame[high])]
-        out[header] = texts
+        out[header_of(table, column)] = texts
     return pd.DataFrame(out, columns=list(out))
 
 
+def header_of(table: Table, column) -> str:
+    if column in table.headers:
+        return table.headers[column]
+    return "checkpoint" if column == SHA_COLUMN else str(column)
+
+
 def numeric_columns(table: Table) -> set[str]:
-    return {str(c) for c, kind in table.kinds.items() if kind in (PERCENT, POINTS, LAMBDA, INTEGER, RATIO, PVALUE)}
+    """The page's headers of the numeric columns (right-aligned)."""
+    return {header_of(table, c) for c, kind in table.kinds.items() if kind in (PERCENT, POINTS, LAMBDA, INTEGER, RATIO, PVALUE)}
 
 
 def to_csv(table: Table) -> str:

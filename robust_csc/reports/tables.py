@@ -16,6 +16,7 @@ import pandas as pd
 from robust_csc.errors import RobustCSCError
 from robust_csc.corruptions.names import COMMON
 from robust_csc.evaluation.metrics import SEVERITIES, accuracy_table, corruption_errors, summary
+from robust_csc.reports.names import attack_label, setting_label
 from robust_csc.reports.uncertainty import (
     mce_interval,
     mean_bounds,
@@ -59,6 +60,11 @@ class Table:
     # LaTeX and HTML print "v [lo, hi]" ("brackets") or "v ±h", h half the interval ("pm", for wide grids).
     intervals: dict = field(default_factory=dict)
     interval_style: str = "brackets"
+    # Columns only the CSV keeps (exact store names, n, bounds the page prints elsewhere), and readable headers
+    # for the page's columns (Markdown, LaTeX, HTML); the CSV keeps the frame's own column names.
+    hidden: tuple = ()
+    headers: dict = field(default_factory=dict)
+    footnote: str = ""  # read after the table (what its columns are on), on the page and in Markdown
 
 
 def with_bounds(frame: pd.DataFrame, column: str, low, high) -> dict:
@@ -332,39 +338,32 @@ def _summary_intervals(columns) -> dict:
 
 
 def summary_table(cells: Cells, baseline: str | None, notes: list[str], reference: Cells | None = None) -> Table:
-    """The corruption summary joined to the attack results of the same model, checkpoint and lambda setting.
+    """One row per corruption series (model, checkpoint, lambda setting, data set and split): clean accuracy, the
+    means, mCE against the baseline, each with its interval.
 
-    Each side names its own data set and split (corruption_data, attack_data);
-    a model evaluated on two corruption splits gets a row per split.
+    Attack results are not joined here (a join on the model and setting repeated a corruption row once per attack
+    series): they are in the robustness table, and the key-results table pairs each row with its attacks.
     """
-    corr = corruption_summary(cells, baseline, notes, reference)
-    attacks, _ = robustness_table(cells)
-    attacks = attacks.drop(columns=["checks_passed", "worst case over"])
-    keys = ["model", "checkpoint_sha256", "lambda_setting"]
-    if attacks.empty:
-        table = corr.assign(attack_data=pd.Series(dtype="object"))
-    elif corr.empty:
-        table = attacks.reindex(columns=_SUMMARY_COLUMNS + list(attacks.columns[3:]))
-    else:
-        table = corr.merge(attacks, on=keys, how="outer", sort=False)
+    table = corruption_summary(cells, baseline, notes, reference)
     order = sorted(range(len(table)), key=lambda i: (
         table["model"].iloc[i], table["checkpoint_sha256"].iloc[i], lambda_order(table["lambda_setting"].iloc[i]),
-        str(table["corruption_data"].iloc[i]), str(table["attack_data"].iloc[i]),
+        str(table["corruption_data"].iloc[i]),
     ))
     table = table.iloc[order].reset_index(drop=True)
+    table.insert(3, "setting", [setting_label(name) for name in table["lambda_setting"]])
     kinds = {c: _SUMMARY_KINDS.get(c, PERCENT) for c in table.columns}
+    kinds["setting"] = TEXT
     about = (
-        "One row per model, checkpoint and lambda setting; accuracies in % with their 95% interval in brackets "
-        "(Wilson for one cell, a bootstrap over images for a mean, paired with the baseline for mCE); n: images per "
-        "cell. clean: clean accuracy; mean_cells_run: mean accuracy over the corruption cells in the store "
+        "One row per model, checkpoint, lambda setting and data set; accuracies in % with their 95% interval in "
+        "brackets (Wilson for one cell, a bootstrap over images for a mean, paired with the baseline for mCE); n: "
+        "images per cell. clean: clean accuracy; mean_cells_run: mean accuracy over the corruption cells in the store "
         "(cells_run of them); mean_75: RobustBench's mean over the 15 common corruptions x 5 severities; "
         "severity5_mean: the mean at severity 5; mce / relative_mce: Hendrycks' mCE against the baseline (needs all "
-        "15 common corruptions), ce_mean_run: the mean CE over the corruptions run; the other columns: robust "
-        "accuracy per attack, norm and epsilon on attack_data (attack_n points), evaluation: whether the worst case "
-        "is AutoAttack-grade or an upper bound. A dash: not in the store."
+        "15 common corruptions), ce_mean_run: the mean CE over the corruptions run. Robust accuracy: the key results "
+        "and the robustness table. A dash: not in the store."
     )
-    return Table("summary", "Clean, corruption and adversarial accuracy per model", about, table, kinds,
-                 intervals=_summary_intervals(list(table.columns)))
+    return Table("summary", "Clean and corruption accuracy per model and setting", about, table, kinds,
+                 intervals=_summary_intervals(list(table.columns)), hidden=("lambda_setting",))
 
 
 def robustness(cells: Cells) -> Table:
@@ -378,8 +377,21 @@ def robustness(cells: Cells) -> Table:
         "pgd-40x2 is 40 steps, 2 restarts; ~check is the sanity check's cross-check, ~bpda-* and ~transfer the "
         "adaptive attacks) and their seed. checks_passed: the attack runner's sanity checks that passed."
     )
-    return Table("robustness", "Robust accuracy per attack and epsilon", about, table, robustness_kinds(table),
-                 intervals=intervals)
+    table.insert(3, "setting", [setting_label(name) for name in table["lambda_setting"]])
+    kinds = robustness_kinds(table)
+    kinds["setting"] = TEXT
+    headers = {attack_column(a, e): readable_attack_column(a, e) for a, e in attack_columns(_own_cells(cells.attack))}
+    headers.update(attack_data="data", attack_n="n", checks_passed="checks passed")
+    return Table("robustness", "Robust accuracy per attack and epsilon", about, table, kinds,
+                 intervals=intervals, hidden=("lambda_setting",), headers=headers)
+
+
+def readable_attack_column(attack: str, epsilon: float) -> str:
+    """"PGD L∞ 8/255" for the column attack_column names "pgd Linf 8/255"."""
+    from robust_csc.reports.names import norm_label
+
+    name, norm = attack_norm(attack)
+    return f"{attack_label(name)} {norm_label(norm)} {format_epsilon(epsilon, norm)}"
 
 
 # ---------------------------------------------------------------- lambda tuning
@@ -419,6 +431,7 @@ def tuning_frame(cells: Cells, notes: list[str] | None = None) -> pd.DataFrame:
                     "checkpoint_sha256": series.checkpoint_sha256,
                     "data": series.data,
                     "policy": series.lambda_setting,
+                    "setting": setting_label(series.lambda_setting),
                     "rule": str(extras.get("rule", "")),
                     "layers": str(extras.get("layers", "")),
                     "corruption": "clean" if row.corruption == CLEAN else row.corruption,
@@ -434,7 +447,7 @@ def tuning_frame(cells: Cells, notes: list[str] | None = None) -> pd.DataFrame:
                     "verdict": verdict(difference),
                 }
             )
-    columns = ["model", "checkpoint_sha256", "data", "policy", "rule", "layers", "corruption", "severity", "n",
+    columns = ["model", "checkpoint_sha256", "data", "policy", "setting", "rule", "layers", "corruption", "severity", "n",
                "lambda", "acc_trained", "acc_tuned", "gain", "gain low", "gain high", "p_value", "verdict"]
     return pd.DataFrame.from_records(records, columns=columns)
 
@@ -458,7 +471,7 @@ def tuning(cells: Cells, notes: list[str] | None = None) -> Table:
         "McNemar p-value; a gain marked 'not significant' is no evidence of a difference."
     )
     return Table("lambda_tuning", "Chosen lambda and gain per cell (reporting split)", about, table, kinds,
-                 intervals={"gain": ("gain low", "gain high")})
+                 intervals={"gain": ("gain low", "gain high")}, hidden=("policy", "rule", "layers"))
 
 
 # ---------------------------------------------------------------- paired comparisons
@@ -491,8 +504,8 @@ def comparisons(cells: Cells, baseline: str | None, reference: Cells | None = No
         if series.lambda_setting != TRAINED:
             trained = Series(series.model, series.checkpoint_sha256, series.dataset, series.split, TRAINED).rows(frame)
             if not trained.empty:
-                a = f"{series.model} λ {series.lambda_setting}"
-                b = f"{series.model} λ trained"
+                a = f"{series.model}, {setting_label(series.lambda_setting)}"
+                b = f"{series.model}, {setting_label(TRAINED)}"
                 for metric, part in (("clean", rows[rows["corruption"] == CLEAN]), ("mean over the corruption cells", corrupted)):
                     if not part.empty:
                         add("lambda setting vs trained", a, b, series.data, metric,
@@ -514,8 +527,8 @@ def comparisons(cells: Cells, baseline: str | None, reference: Cells | None = No
             same = rows[(rows["epsilon"] == w["epsilon"]) & (rows["attack"] != w["attack"])
                         & rows["attack"].map(lambda a, norm=norm: attack_norm(a)[1] == norm)]
             for _, r in same.iterrows():
-                add("attack vs worst case", f"{attack_norm(r['attack'])[0]}", "worst case",
-                    f"{series.model} λ {series.lambda_setting}, {series.data}",
+                add("attack vs worst case", attack_label(attack_norm(r["attack"])[0]), "worst case",
+                    f"{series.model}, {setting_label(series.lambda_setting)}, {series.data}",
                     f"robust accuracy, {norm} {format_epsilon(float(w['epsilon']), norm)}",
                     paired_difference(r.to_frame().T, w.to_frame().T))
     columns = ["comparison", "a", "b", "data", "metric", "n", "cells", "difference", "difference low", "difference high",

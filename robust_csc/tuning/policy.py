@@ -355,7 +355,7 @@ class ReconPolicy(LambdaPolicy):
 
     def cell_extra(self, corruption: str, severity: int, run: nn.Module) -> dict[str, Any]:
         mean = run.mean_lambda() if isinstance(run, ReconLambdaModel) else None
-        return {"mean_lambda": mean, "rule": self.rule, "layers": self.layers}
+        return {"mean_lambda": mean, "rule": self.rule, "layers": self.layers, "per": self.per}
 
 
 def policy_from_dict(data: Mapping[str, Any], source: str = "the lambda policy") -> LambdaPolicy:
