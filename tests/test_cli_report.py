@@ -37,8 +37,14 @@ def test_report_end_to_end(capsys, tmp_path, small):
     assert code == 0, stderr
     lines = stdout.strip().splitlines()
     assert lines[-1] == str(out / "index.html")  # the HTML path comes last
-    # runs, summary, comparisons, robustness, 2 corruption tables; severity, 2 heatmaps, epsilon, atoms, examples
-    assert "wrote 6 tables" in lines[0] and "6 plots" in lines[0]
+    # the key results first, as the page opens with them
+    assert lines[0] == "On digits-c[cifar], the first 200 test images (accuracy in %, [95% interval]):"
+    assert any("mean corruption accuracy" in line for line in lines)
+    # key results, runs, summary, comparisons, robustness, 2 corruption tables; severity, 2 heatmaps, epsilon,
+    # atoms, examples
+    wrote = next(line for line in lines if line.startswith("wrote "))
+    assert "wrote 7 tables" in wrote and "6 plots" in wrote
+    assert stderr.strip().splitlines()[-2].startswith("done in ") and f"wrote {out}" in stderr
     html = (out / "index.html").read_text()
     assert "<title>Digits</title>" in html and "Stem dictionary of sdnet18" in html
     summary = pd.read_csv(out / "tables" / "summary.csv")

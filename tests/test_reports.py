@@ -125,13 +125,20 @@ def test_summary_and_attack_and_tuning_tables_equal_the_store(demo):
     assert row["mean_cells_run"] == pytest.approx(sum(corrupted["correct"] / corrupted["n"]) / len(corrupted), abs=1e-12)
     assert row["mean_cells_run low"] < row["mean_cells_run"] < row["mean_cells_run high"]
     assert row["cells_run"] == 50 and math.isnan(row["mean_75"]) and math.isnan(row["mce"])  # 10 of 15 corruptions
-    attacks = frame[(frame["model"] == "resnet18") & (frame["attack"] == "pgd:Linf")]
-    for eps, correct, n in zip(attacks["epsilon"], attacks["correct"], attacks["n"]):
-        label = f"pgd Linf {round(eps * 255)}/255"
-        assert row[label] == correct / n
-    assert row["attack_data"] == "digits test[:100]"
+    assert len(summary[summary["model"] == "resnet18"]) == 1  # one row per corruption series, never per attack series
 
     robustness = read_csv(report / "tables" / "robustness.csv")
+    resnet = robustness[robustness["model"] == "resnet18"].iloc[0]
+    attacks = frame[(frame["model"] == "resnet18") & (frame["attack"] == "pgd:Linf")]
+    for eps, correct, n in zip(attacks["epsilon"], attacks["correct"], attacks["n"]):
+        assert resnet[f"pgd Linf {round(eps * 255)}/255"] == correct / n
+    assert resnet["attack_data"] == "digits test[:100]"
+    key = read_csv(report / "tables" / "key_results.csv")
+    key_row = key[(key["model"] == "resnet18") & (key["lambda_setting"] == "trained")].iloc[0]
+    worst = frame[(frame["model"] == "resnet18") & (frame["attack"] == "worst-case:Linf")]
+    for eps, correct, n in zip(worst["epsilon"], worst["correct"], worst["n"]):
+        assert key_row[f"L∞ {round(eps * 255)}/255"] == correct / n  # the worst case, in the key results
+    assert key_row["clean"] == row["clean"] and key_row["corruptions"] == pytest.approx(row["mean_cells_run"])
     assert list(robustness["checks_passed"]) == ["8/8", "8/8"]  # 2 checks in each of the 4 worst-case cells
     assert [c for c in robustness.columns if c.startswith("worst-case") and not c.endswith(("low", "high"))] == [
         f"worst-case Linf {k}/255" for k in (1, 2, 4, 8)
@@ -194,8 +201,8 @@ def test_rerun_gives_byte_identical_tables(demo, checkpoint, tmp_path):
     again = write_report(store, tmp_path / "again", baseline="resnet18", checkpoints=[checkpoint]).parent
     first = sorted(p.relative_to(report) for p in (report / "tables").iterdir())
     second = sorted(p.relative_to(again) for p in (again / "tables").iterdir())
-    # 5 corruption tables, summary, comparisons, robustness, tuning and runs as CSV, MD and TeX
-    assert first == second and len(first) == 10 * 3
+    # 2 key-results tables, 5 corruption tables, summary, comparisons, robustness, tuning and runs as CSV, MD and TeX
+    assert first == second and len(first) == 12 * 3
     for name in first:
         assert (report / name).read_bytes() == (again / name).read_bytes(), name
     # RobustBench's files too
@@ -247,7 +254,15 @@ def test_plot_line_and_cell_counts(demo, tmp_path):
 
     eps = next(f for name, f in figures.items() if name.startswith("epsilon__"))
     assert len(eps.axes[0].lines) == 6  # 2 models x (fgsm, pgd, worst case)
-    assert all(len(line.get_xdata()) == len(EPSILONS) for line in eps.axes[0].lines)
+    # each line starts at epsilon 0 (the clean accuracy of the attacked points, in %), then one point per epsilon,
+    # shifted sideways by less than half the smallest gap so that overlapping lines stay apart
+    for line in eps.axes[0].lines:
+        xs, ys = line.get_xdata(), line.get_ydata()
+        assert len(xs) == len(EPSILONS) + 1 and abs(xs[0]) < EPSILONS[0] / 2 and ys[0] == pytest.approx(95.0)
+        assert [round(x * 255) for x in xs[1:]] == [round(e * 255) for e in EPSILONS]
+    assert len({(line.get_marker(), line.get_linestyle(), line.get_color()) for line in eps.axes[0].lines}) == 6
+    assert eps.axes[0].get_ylabel() == "robust accuracy (%)" and "pixel values" in eps.axes[0].get_xlabel()
+    assert all(ax.get_ylabel() == "accuracy (%)" for ax in severity.axes if ax.get_visible() and ax.get_ylabel())
 
     sweep = next(f for name, f in figures.items() if name.startswith("lambda_accuracy__"))
     panels = [ax for ax in sweep.axes if ax.get_visible()]

@@ -89,7 +89,7 @@ def add_attack_cells(store, model, sha, n=100, lam="trained", checks_fail=False)
         for attack in ("fgsm", "pgd", "worst-case"):
             acc = robust_fraction(model, attack, epsilon)
             correct = correct_of(acc, n)
-            extra = {"seed": 0}
+            extra = {"seed": 0, "clean_correct": correct_of(0.95, n)}  # as the attack runner records it
             if attack == "worst-case":
                 extra.update(
                     attacks=["fgsm:Linf", "pgd:Linf"],
@@ -175,7 +175,7 @@ def test_cells_are_sorted_into_kinds_and_series(tmp_path):
     ]
     names = labels(series)
     assert len(set(names.values())) == len(series)  # two splits of one model never share a legend name
-    assert names[series[0]] == f"resnet18 [{SUITE} {SPLIT}], λ trained"
+    assert names[series[0]] == f"resnet18 [{SUITE} {SPLIT}], trained λ"
 
 
 def test_split_names_and_epsilons():
