@@ -87,13 +87,28 @@ def train(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder for both checkpoints."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: runs/demo, runs/<dataset> with --full]."),
     quick: bool = typer.Option(False, "--quick", help="4 epochs and a 2-corruption suite (a smoke test)."),
+    dataset: str = typer.Option("digits", "--dataset", help="digits (embedded), or fashion-mnist / mnist with --full."),
+    full: bool = typer.Option(False, "--full", help="The full-size run: all 95 cells x 10,000 test images (about an hour)."),
+    suite_dir: Optional[Path] = typer.Option(None, "--suite-dir", help="A stored suite to reuse [default: OUT/<dataset>-c]."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder [default: ./data, Debian's folder]."),
 ) -> None:
-    """Train SDNet-18 and ResNet-18 on the embedded digits set, sweep lambda, evaluate both on corrupted digits."""
+    """Train SDNet-18 and ResNet-18, evaluate, attack, tune lambda and report: on the embedded digits set, or in full size."""
+    if full or dataset != "digits":
+        if not full:
+            raise RobustCSCError(f"the {dataset} demo is the full-size run; pass --full (about an hour on 2 cores)")
+        if quick:
+            raise RobustCSCError("--quick and --full ask for opposite runs; pass one of them")
+        from robust_csc.fullrun import run_full
+
+        run_full(out or Path("runs") / dataset, dataset=dataset, suite_dir=suite_dir, data_root=data_root, echo=_say)
+        return
+    if suite_dir is not None or data_root is not None:
+        raise RobustCSCError("--suite-dir and --data-root belong to the full run; add --full --dataset fashion-mnist")
     from robust_csc.demo import run_demo
 
-    run_demo(out, quick=quick, progress=sys.stderr.isatty())
+    run_demo(out or Path("runs/demo"), quick=quick, progress=sys.stderr.isatty())
 
 
 # ---------------------------------------------------------------- evaluate / corrupt
