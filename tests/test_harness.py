@@ -402,3 +402,11 @@ def test_torchrun_shards_cells_over_ranks(tmp_path):
     assert not frame.duplicated(["lambda_setting", "corruption", "severity"]).any()
     single = run(tiny(), tmp_path / "single.sqlite", lambdas=(None, 0.3))
     assert rows(frame) == rows(single.frame)
+
+
+def test_without_stem_statistics_the_counts_are_the_same_and_the_statistics_absent(tmp_path):
+    model = tiny()
+    with_stats = run(model, tmp_path / "a.sqlite")
+    without = run(model, tmp_path / "b.sqlite", stem_stats=False)
+    assert rows(without.frame) == rows(with_stats.frame)  # (n, correct) of every cell
+    assert without.frame["mean_recon_error"].isna().all() and with_stats.frame["mean_recon_error"].notna().all()

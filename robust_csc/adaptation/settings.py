@@ -45,6 +45,7 @@ from torch import nn
 from robust_csc.adaptation.batchnorm import batch_statistics, check_prior, require_batchnorm
 from robust_csc.adaptation.tent import ModelSnapshot, TentRun, affine_parameters, check_batch
 from robust_csc.errors import RobustCSCError
+from robust_csc.runtime import seeded
 from robust_csc.lambdas import LambdaSetting, as_setting
 
 OPTIMIZERS = ("adam", "sgd")
@@ -89,13 +90,6 @@ def _num(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """torch's RNG seeded for the cell, and the caller's RNG state (CPU and CUDA) given back afterwards."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 # ---------------------------------------------------------------- the two adaptations

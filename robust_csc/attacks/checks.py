@@ -8,14 +8,14 @@ seeded, at the lambda setting of the run.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from robust_csc.attacks.adapters import TorchattacksAdapter
 from robust_csc.attacks.specs import make_spec
+from robust_csc.runtime import seeded
 
 CHECK_POINTS = 32  # points the attacking checks use
 LARGE_EPSILON = {"Linf": 0.5, "L2": 10.0}  # half the pixel range; an L2 ball that reaches far on 32x32 images
@@ -35,13 +35,6 @@ def check(passed: bool, detail: str) -> dict:
     return {"passed": bool(passed), "detail": detail}
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """torch seeded for a block, the caller's random state restored after it."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def margin_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -432,6 +432,7 @@ def load_stored_suite(
     n_examples: int | None = None,
     verify_checksums: bool = True,
     with_clean: bool = True,
+    data_root: str | Path | None = None,
 ) -> tuple[CorruptionSuite, Dataset | None, str]:
     """(suite, clean cell or None, a note on the clean cell) of a stored suite ("fashion-mnist-c" / "mnist-c").
 
@@ -440,7 +441,8 @@ def load_stored_suite(
     its data set; its cells are memory-mapped. The clean cell is the data
     set's test split, found beside the suite or where load_dataset looks; when
     it is found, its pixels and labels must be the ones the suite was made from.
-    with_clean=False skips the clean cell (and that check).
+    with_clean=False skips the clean cell (and that check); data_root: where the data set lives when it is
+    neither beside the suite nor where load_dataset looks.
     """
     key = suite_name.lower()
     if key not in STORED_SUITES:
@@ -485,7 +487,8 @@ def load_stored_suite(
         folder, "cifar10-c", corruptions=selected, severities=chosen_severities,
         n_examples=n_examples, images_per_severity=n,
     )
-    clean, note = _stored_clean(manifest, folder, root, n_examples, verify_checksums) if with_clean else (None, "")
+    clean, note = (_stored_clean(manifest, folder, root, n_examples, verify_checksums, data_root) if with_clean
+                   else (None, ""))
     suite = CorruptionSuite(
         manifest.suite_name, manifest.num_classes, base.corruptions, base.severities, base.images_per_cell,
         base.dataset,
@@ -494,11 +497,13 @@ def load_stored_suite(
 
 
 def _stored_clean(
-    manifest: SuiteManifest, folder: Path, root: Path, n_examples: int | None, verify_checksums: bool
+    manifest: SuiteManifest, folder: Path, root: Path, n_examples: int | None, verify_checksums: bool,
+    data_root: str | Path | None = None,
 ) -> tuple[Dataset | None, str]:
     """The clean test split as a cell, checked against the suite's record; (None, why) when it is not found."""
     reason = ""
-    for candidate in dict.fromkeys([root, folder.parent, None]):
+    first = [Path(data_root)] if data_root is not None else []
+    for candidate in dict.fromkeys([*first, root, folder.parent, None]):
         try:
             images, labels, total = clean_test_pixels(manifest.dataset, candidate, verify_checksums=verify_checksums)
         except RobustCSCError as err:
