@@ -157,13 +157,23 @@ def model_pipeline(arch: str, dataset: str, out: str, suite_dir: str, data_root:
         started = _stage(log, "the recon rule under attack, adaptive attacks included", started)
 
         from robust_csc.data.generated import generated_clean
-        from robust_csc.evaluation.noise_curve import noise_curve, save_curve
-        from robust_csc.models.checkpoints import load_checkpoint
+        from robust_csc.evaluation.noise_curve import curve_dataset, noise_curve, save_curve, store_curve
+        from robust_csc.models.checkpoints import checkpoint_hash, load_checkpoint
 
+        from robust_csc.evaluation.store import ResultsStore
+
+        with ResultsStore(store) as handle:
+            stored = handle.to_frame()
+        done = stored[(stored["model"] == arch) & (stored["dataset"] == curve_dataset(dataset))]
+        if len(done) == len(CURVE_LEVELS) * (len(CURVE_LAMBDAS) + 1):  # stored by an earlier run: resumable too
+            _stage(log, "noise curve (stored before)", started)
+            return {"arch": arch, "checkpoint": str(checkpoint)}
         model, _ = load_checkpoint(checkpoint)
         images = policy.reporting_images(generated_clean(dataset, "test", data_root, None))
         frame = noise_curve(model, images, "gaussian", CURVE_LEVELS, (*CURVE_LAMBDAS, policy), model_name=arch)
-        frame["lambda_setting"] = frame["lambda_setting"].replace(policy.name, "recon rule")
+        # In the store (the report draws it with intervals) and as a CSV and figure beside it.
+        store_curve(frame, store, model_name=arch, checkpoint_sha256=checkpoint_hash(checkpoint),
+                    dataset=curve_dataset(dataset), split=policy.report_split)
         save_curve(frame, out / "noise_curve.csv", f"{arch} on {dataset}: accuracy against gaussian sigma")
         _stage(log, "noise curve", started)
     return {"arch": arch, "checkpoint": str(checkpoint)}

@@ -9,6 +9,7 @@ import robust_csc.data.mnist as mnist
 from robust_csc.errors import RobustCSCError
 from robust_csc.evaluation.store import ResultsStore
 from robust_csc.fullrun import NOISE, Sizes, run_full
+from robust_csc.tuning import load_policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +47,10 @@ def test_every_step_of_the_full_run(tmp_path, fake_fashion):
     attacks = set(frame["attack"])
     assert {"pgd:Linf", "worst-case:Linf", "autoattack-custom-2[attacks=apgd-ce]:Linf", "pgd~bpda-fixed:Linf"} <= attacks
     curve = pd.read_csv(tmp_path / "run" / "noise_curve.csv")
-    assert set(curve["lambda_setting"]) == {"trained", "stem=0.4", "stem=1", "recon rule"}
+    policy = load_policy(tmp_path / "run" / "lambda_policy.json").name  # the recon rule (the oracle is stored too)
+    assert set(curve["lambda_setting"]) == {"trained", "stem=0.4", "stem=1", policy}
+    stored_curve = frame[frame["dataset"] == "fashion-mnist-noise"]  # the curve in the store, for the report
+    assert len(stored_curve) == 7 * 4 and set(stored_curve["n"]) == {12} and set(stored_curve["split"]) == {"test:report:s0"}
     assert (tmp_path / "run" / "report" / "index.html").is_file()
 
     # Run again: every step finds its work done.
