@@ -12,7 +12,7 @@ from robust_csc.reports import write_report
 from test_reports_store import demo_store
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHARED_SCREENSHOT = Path("/tmp/briefs/report_screenshot.png")
+SHARED_SCREENSHOT = Path("/tmp/briefs/report_screenshot.png")  # and report_first_screen.png, report_printed_page1.png
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
@@ -33,7 +33,8 @@ def test_html_report_renders_with_every_image(tmp_path):
     html = page_path.read_text(encoding="utf-8")
     assert "http://" not in html and "https://" not in html and "<script" not in html  # offline, no JS
 
-    shot = tmp_path / "screenshot.png"
+    shot, first_screen, pdf = tmp_path / "screenshot.png", tmp_path / "first_screen.png", tmp_path / "report.pdf"
+    key_table = "table.key"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
@@ -47,7 +48,16 @@ def test_html_report_renders_with_every_image(tmp_path):
             )
             headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
             tables = page.eval_on_selector_all("table", "els => els.length")
+            # The first screen holds the whole key-results table: its box inside the 1280 x 900 viewport.
+            box = page.eval_on_selector(key_table, "t => { const r = t.getBoundingClientRect(); "
+                                                   "return {left: r.left, right: r.right, bottom: r.bottom}; }")
+            key_headers = page.eval_on_selector_all(f"{key_table} thead th", "els => els.map(e => e.textContent)")
+            page.screenshot(path=str(first_screen))
             page.screenshot(path=str(shot), full_page=True)
+            # Printed to A4: the table fits the printable width (no column cut off), and the PDF holds its text.
+            page.emulate_media(media="print")
+            printed = page.eval_on_selector(key_table, "t => [t.scrollWidth, t.parentElement.clientWidth]")
+            page.pdf(path=str(pdf), format="A4", print_background=True, prefer_css_page_size=True)
         finally:
             browser.close()
 
@@ -57,9 +67,25 @@ def test_html_report_renders_with_every_image(tmp_path):
     broken = [i["alt"] for i in images if not (i["complete"] and i["width"] > 0)]
     assert not broken, broken
     assert [r for r in requests if not r.startswith(("file:", "data:"))] == []  # nothing fetched from a network
-    assert headings[:3] == ["Run settings", "Summary across models", "Corruption robustness"]
-    assert "Adversarial robustness" in headings and "Lambda tuning" in headings
+    assert headings[0] == "Key results" and headings[-2:] == ["Run settings", "Notes"]  # the answer first, provenance last
+    assert "Adversarial robustness" in headings and "Lambda tuning" in headings and "Glossary" in headings
     assert tables >= 8
+    assert box["left"] >= 0 and box["right"] <= 1280 and box["bottom"] <= 900, box
+    assert printed[0] <= printed[1], f"the key-results table is {printed[0]} px wide on a {printed[1]} px A4 page"
     assert shot.stat().st_size > 50_000
+
+    import pypdfium2
+
+    document = pypdfium2.PdfDocument(str(pdf))
+    try:
+        assert 1 < len(document) < 40
+        first_page = document[0]
+        text = " ".join(first_page.get_textpage().get_text_range().split())
+        for header in key_headers:  # every column of the key table on the first printed page
+            assert " ".join(header.split()) in text, header
+        first_page.render(scale=1.5).to_pil().save(tmp_path / "printed_page1.png")
+    finally:
+        document.close()
     SHARED_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, SHARED_SCREENSHOT)  # for a person to look at
+    for source in (shot, first_screen, tmp_path / "printed_page1.png"):  # for a person to look at
+        shutil.copyfile(source, SHARED_SCREENSHOT.parent / f"report_{source.stem}.png")
