@@ -48,7 +48,7 @@ from _timing import ratio_of, time_rounds  # noqa: E402
 from bench_suite import write_synthetic_cifar_c  # noqa: E402
 from robust_csc.corruptions.names import COMMON  # noqa: E402
 from robust_csc.csc import csc_layers, record_stats  # noqa: E402
-from robust_csc.data.corrupted import CorruptionSuite, load_cifar_c, pixels_to_batch  # noqa: E402
+from robust_csc.data.corrupted import CorruptionSuite, load_cifar_c  # noqa: E402
 from robust_csc.data.stored import MANIFEST, load_stored_suite  # noqa: E402
 from robust_csc.errors import RobustCSCError  # noqa: E402
 from robust_csc.evaluation.harness import _cell_batches, evaluate  # noqa: E402

@@ -19,7 +19,6 @@ from robust_csc.data.corrupted import CorruptionSuite
 from robust_csc.data.generated import generated_clean, generated_suite
 from robust_csc.data.registry import load_dataset
 from robust_csc.errors import RobustCSCError
-from robust_csc.evaluation import harness
 from robust_csc.evaluation.harness import evaluate, evaluate_checkpoint, lambda_setting_name
 from robust_csc.evaluation.store import ResultsStore
 from robust_csc.models import create_model

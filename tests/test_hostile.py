@@ -33,7 +33,6 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 import zlib
 from pathlib import Path

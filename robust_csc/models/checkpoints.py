@@ -26,7 +26,7 @@ from robust_csc.csc import csc_layers, get_lambda, set_lambda
 from robust_csc.atomic import atomic_write
 from robust_csc.errors import RobustCSCError
 from robust_csc.models.metadata import build_fitting, check_finite, check_metadata, shape_mismatches
-from robust_csc.models.registry import create_model, list_models, model_arguments
+from robust_csc.models.registry import list_models, model_arguments
 from robust_csc.safe_pickle import load_torch_file
 from robust_csc.validation import parse_json, regular_file
 

@@ -39,7 +39,7 @@ from robust_csc.reports.cells import (
     series_of,
 )
 from robust_csc.reports.names import attack_label, data_label, norm_label, pct, setting_label
-from robust_csc.reports.uncertainty import mean_bounds, paired_difference, wilson_bounds
+from robust_csc.reports.uncertainty import accuracy_bounds, paired_difference
 
 AUTOATTACK_GRADE = "AutoAttack-grade"
 
@@ -235,14 +235,6 @@ def _finish(evaluation: Evaluation) -> Evaluation:
 # ---------------------------------------------------------------- the table
 
 
-def _interval(rows: pd.DataFrame) -> tuple[float, float]:
-    if rows.empty:
-        return math.nan, math.nan
-    if len(rows) == 1:
-        low, high = wilson_bounds(rows)
-        return low[0], high[0]
-    return mean_bounds(rows)
-
 
 def _difference_text(difference) -> str:
     if difference is None:
@@ -268,11 +260,11 @@ def key_frame(evaluation: Evaluation, mce: dict | None = None) -> tuple[pd.DataF
         clean = row.clean()
         record["clean n"] = int(clean["n"].iloc[0]) if len(clean) else math.nan
         record["clean"] = float(clean["accuracy"].iloc[0]) if len(clean) else math.nan
-        record["clean low"], record["clean high"] = _interval(clean)
+        record["clean low"], record["clean high"] = accuracy_bounds(clean)
         corrupted = row.corrupted()
         record["corruption cells"] = len(corrupted) if len(corrupted) else math.nan
         record["corruptions"] = row.mean_corruption()
-        record["corruptions low"], record["corruptions high"] = _interval(corrupted)
+        record["corruptions low"], record["corruptions high"] = accuracy_bounds(corrupted)
         figures = (mce or {}).get((row.model, row.sha, row.setting), {})
         record["mCE"] = figures.get("mce", math.nan)
         record["mCE low"], record["mCE high"] = figures.get("mce low", math.nan), figures.get("mce high", math.nan)
@@ -280,7 +272,7 @@ def key_frame(evaluation: Evaluation, mce: dict | None = None) -> tuple[pd.DataF
             column = robust_column(norm, eps)
             robust = row.robust.get((norm, eps))
             record[column] = robust.accuracy if robust else math.nan
-            low, high = _interval(robust.frame()) if robust else (math.nan, math.nan)
+            low, high = accuracy_bounds(robust.frame()) if robust else (math.nan, math.nan)
             record[f"{column} low"], record[f"{column} high"] = low, high
             record[f"{column} n"] = robust.n if robust else math.nan
             record[f"{column} attacks"] = "+".join(robust.attacks) if robust else ""
@@ -471,7 +463,7 @@ def text_lines(cells: Cells, baseline: str | None = None, reference: Cells | Non
 
 def store_text_lines(store, baseline: str | None = None) -> list[str]:
     """text_lines of a results store (a path or a ResultsStore)."""
-    from robust_csc.evaluation.store import ResultsStore, open_store
+    from robust_csc.evaluation.store import open_store
 
     handle, owned = open_store(store)
     try:

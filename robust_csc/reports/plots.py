@@ -175,7 +175,7 @@ def heatmap(table: pd.DataFrame, title: str) -> Figure:
 def robust_vs_epsilon(rows: pd.DataFrame, title: str) -> Figure:
     """Robust accuracy (%) against epsilon: one line per (series, attack), starting at the clean accuracy of the
     attacked points (epsilon 0); the worst case drawn thicker; markers, styles and offsets keep lines apart."""
-    from robust_csc.reports.names import attack_label, setting_label
+    from robust_csc.reports.names import attack_label
 
     series = series_of(rows)
     names = labels(series)

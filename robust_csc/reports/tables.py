@@ -15,14 +15,12 @@ import pandas as pd
 
 from robust_csc.errors import RobustCSCError
 from robust_csc.corruptions.names import COMMON
-from robust_csc.evaluation.metrics import SEVERITIES, accuracy_table, corruption_errors, summary
+from robust_csc.evaluation.metrics import accuracy_table, corruption_errors, summary
 from robust_csc.reports.names import attack_label, setting_label
 from robust_csc.reports.uncertainty import (
+    accuracy_bounds,
     mce_interval,
-    mean_bounds,
     paired_difference,
-    versions_of,
-    wilson_bounds,
 )
 from robust_csc.reports.cells import (
     CLEAN,
@@ -98,17 +96,9 @@ def severity_table(rows: pd.DataFrame, series: Series) -> tuple[pd.DataFrame, di
             part = corrupted if corruption == "mean" else corrupted[corrupted["corruption"] == corruption]
             if column != "mean":
                 part = part[part["severity"] == int(column)]
-            if part.empty or math.isnan(table.loc[corruption, column]):
-                low.append(math.nan)
-                high.append(math.nan)
-            elif len(part) == 1:
-                lo, hi = wilson_bounds(part)
-                low.append(lo[0])
-                high.append(hi[0])
-            else:
-                lo, hi = mean_bounds(part)
-                low.append(lo)
-                high.append(hi)
+            lo, hi = (math.nan, math.nan) if math.isnan(table.loc[corruption, column]) else accuracy_bounds(part)
+            low.append(lo)
+            high.append(hi)
         bounds[column] = (low, high)
     intervals = {}
     for column, (low, high) in bounds.items():
@@ -178,15 +168,6 @@ def _mce(frame: pd.DataFrame, base_frame: pd.DataFrame, series: Series, baseline
     return out
 
 
-def _interval_of(rows: pd.DataFrame) -> tuple[float, float]:
-    """Wilson for one cell, a bootstrap over images for a mean of several, NaN for none."""
-    if rows.empty:
-        return math.nan, math.nan
-    if len(rows) == 1:
-        low, high = wilson_bounds(rows)
-        return low[0], high[0]
-    return mean_bounds(rows)
-
 
 def corruption_summary(cells: Cells, baseline: str | None, notes: list[str], reference: Cells | None = None) -> pd.DataFrame:
     """One row per corruption series: clean accuracy, the means, mCE against the baseline (looked up in reference),
@@ -217,7 +198,7 @@ def corruption_summary(cells: Cells, baseline: str | None, notes: list[str], ref
         for column, part in (("clean", rows[rows["corruption"] == CLEAN]), ("mean_cells_run", corrupted),
                              ("mean_75", common if complete else corrupted.iloc[0:0]),
                              ("severity5_mean", common[common["severity"] == 5] if complete else corrupted.iloc[0:0])):
-            record[f"{column} low"], record[f"{column} high"] = _interval_of(part)
+            record[f"{column} low"], record[f"{column} high"] = accuracy_bounds(part)
         records.append(record)
     return pd.DataFrame.from_records(records, columns=_SUMMARY_COLUMNS)
 
@@ -304,7 +285,7 @@ def robustness_table(cells: Cells) -> tuple[pd.DataFrame, dict]:
             column = attack_column(attack, epsilon)
             row = by_pair.get((attack, epsilon))
             record[column] = math.nan if row is None else row["accuracy"]
-            low, high = (math.nan, math.nan) if row is None else _interval_of(row.to_frame().T)
+            low, high = (math.nan, math.nan) if row is None else accuracy_bounds(row.to_frame().T)
             record[f"{column} low"], record[f"{column} high"] = low, high
         passed = total = 0
         for attack, extras in zip(rows["attack"], rows["extras"]):

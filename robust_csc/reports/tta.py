@@ -22,7 +22,7 @@ from robust_csc.evaluation.metrics import SEVERITIES
 from robust_csc.reports.cells import CLEAN, TRAINED, Series, lambda_order, series_of
 from robust_csc.reports.names import adaptation_part, lambda_part, setting_kind, setting_label
 from robust_csc.reports.tables import INTEGER, PERCENT, POINTS, PVALUE, TEXT, Table, verdict
-from robust_csc.reports.uncertainty import mean_bounds, paired_difference, wilson_bounds
+from robust_csc.reports.uncertainty import accuracy_bounds, paired_difference
 
 
 def applies(rows: pd.DataFrame) -> bool:
@@ -31,14 +31,6 @@ def applies(rows: pd.DataFrame) -> bool:
     kinds = {setting_kind(name) for name in rows["lambda_setting"]}
     return bool(kinds & {"tta", "tta+lambda"}) and len(set(rows["lambda_setting"])) > 1
 
-
-def _interval(rows: pd.DataFrame) -> tuple[float, float]:
-    if rows.empty:
-        return math.nan, math.nan
-    if len(rows) == 1:
-        low, high = wilson_bounds(rows)
-        return low[0], high[0]
-    return mean_bounds(rows)
 
 
 def _mean(rows: pd.DataFrame) -> float:
@@ -68,10 +60,10 @@ def by_severity(rows: pd.DataFrame) -> Table:
             part = mine[mine["severity"] == severity] if severity else mine[mine["corruption"] == CLEAN]
             column = "clean" if severity == 0 else f"severity {severity}"
             record[column] = _mean(part)
-            record[f"{column} low"], record[f"{column} high"] = _interval(part)
+            record[f"{column} low"], record[f"{column} high"] = accuracy_bounds(part)
         corrupted = mine[mine["corruption"] != CLEAN]
         record["mean"] = _mean(corrupted)
-        record["mean low"], record["mean high"] = _interval(corrupted)
+        record["mean low"], record["mean high"] = accuracy_bounds(corrupted)
         record["n"] = int(mine["n"].max()) if len(mine) else 0
         records.append(record)
     frame = pd.DataFrame.from_records(records)

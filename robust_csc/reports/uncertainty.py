@@ -61,6 +61,17 @@ def mean_bounds(rows: pd.DataFrame) -> tuple[float, float]:
     return low, high
 
 
+def accuracy_bounds(rows: pd.DataFrame) -> tuple[float, float]:
+    """The 95% interval of rows' accuracy: Wilson for one cell, a bootstrap over images for a mean of several,
+    NaN for none."""
+    if rows.empty:
+        return NAN, NAN
+    if len(rows) == 1:
+        low, high = wilson_bounds(rows)
+        return low[0], high[0]
+    return mean_bounds(rows)
+
+
 def _by_cell(rows: pd.DataFrame) -> dict[tuple[str, int], pd.Series]:
     return {(r["corruption"], int(r["severity"])): r for _, r in rows.iterrows()}
 
