@@ -98,7 +98,9 @@ def through_every_verb(capsys, tmp_path, model_args, name):
     clean = frame[(frame["corruption"] == "none") & (frame["attack"] == "none")].iloc[0]
     assert summary["clean"].iloc[0] == clean["correct"] / clean["n"]
     worst = frame[(frame["attack"] == "worst-case:Linf") & (frame["epsilon"] == 8 / 255)].iloc[0]
-    assert summary["worst-case Linf 8/255"].iloc[0] == worst["correct"] / worst["n"]
+    robustness = pd.read_csv(report / "tables" / "robustness.csv")  # attack columns live there, not in the summary
+    assert list(robustness["model"]) == [name]
+    assert robustness["worst-case Linf 8/255"].iloc[0] == worst["correct"] / worst["n"]
     return store, frame, report
 
 
