@@ -331,7 +331,7 @@ def test_train_verb_uses_the_fashion_mnist_recipe_and_normalisation(capsys, fake
     assert recipe.epochs < CIFAR_RECIPE.epochs and not recipe_for("mnist").augment
     root, _, _ = fake_root
     out = root / "run"
-    code, stdout, err = run_main(capsys, "train", "--model", "sdnet18", "--dataset", "fashion-mnist", "--width", 4,
+    code, stdout, err = run_main(capsys, "train", "--arch", "sdnet18", "--dataset", "fashion-mnist", "--width", 4,
                                  "--epochs", 1, "--batch-size", 8, "--data-root", root, "--no-verify-checksums",
                                  "--out", out, "--no-progress")
     assert code == 0, err
@@ -341,6 +341,6 @@ def test_train_verb_uses_the_fashion_mnist_recipe_and_normalisation(capsys, fake
     assert meta["dataset"] == "fashion-mnist" and meta["num_classes"] == 10
     assert tuple(meta["arguments"]["mean"]) == info.mean and tuple(meta["arguments"]["std"]) == info.std
     # Without the flag the hand-made files are refused by their counts, in one line.
-    code, stdout, err = run_main(capsys, "train", "--model", "sdnet18", "--dataset", "fashion-mnist", "--width", 4,
+    code, stdout, err = run_main(capsys, "train", "--arch", "sdnet18", "--dataset", "fashion-mnist", "--width", 4,
                                  "--epochs", 1, "--data-root", root, "--out", root / "run2")
     assert_user_error(code, stdout, err, "not the published 60000", "--no-verify-checksums")

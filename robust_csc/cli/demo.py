@@ -20,7 +20,7 @@ def demo(
                                        help="Output folder [default: runs/demo, runs/<dataset> with --full]."),
     quick: bool = typer.Option(False, "--quick", help="4 epochs and a 2-corruption suite (a smoke test)."),
     dataset: str = typer.Option("digits", "--dataset", metavar="NAME",
-                                help="digits (embedded), or fashion-mnist / mnist with --full."),
+                                help=f"{O._DATASETS} [default: digits; fashion-mnist or mnist with --full]."),
     full: bool = typer.Option(False, "--full", help="The full-size run: all 95 cells x 10,000 test images (hours on 2 cores)."),
     suite_dir: Optional[Path] = typer.Option(None, "--suite-dir", metavar="DIR",
                                              help="A stored suite to reuse [default: OUT/<dataset>-c]."),
