@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from cli_support import assert_proc_error, cli, run_main
+from cli_support import assert_proc_error, assert_user_error, cli, run_main
 from robust_csc.models import create_model
 from robust_csc.models.checkpoints import read_metadata, save_checkpoint
 
@@ -77,15 +77,16 @@ def test_convert_official_then_force(capsys, tmp_path):
 # ---------------------------------------------------------------- user errors: one line, exit code 2
 
 
-def test_unknown_model(tmp_path):
-    proc = cli("train", "--arch", "sdnet99", "--dataset", "digits", "--out", tmp_path / "x")
-    assert_proc_error(proc, "unknown model", "sdnet18")
+def test_unknown_model(capsys, tmp_path):
+    code, out, err = run_main(capsys, "train", "--arch", "sdnet99", "--dataset", "digits", "--out", tmp_path / "x")
+    assert_user_error(code, out, err, "unknown model", "sdnet18")
     assert not (tmp_path / "x").exists()
 
 
-def test_negative_lambda(tmp_path):
-    proc = cli("train", "--arch", "sdnet18", "--dataset", "digits", "--lambda", "-1", "--out", tmp_path / "x")
-    assert_proc_error(proc, "lambda")
+def test_negative_lambda(capsys, tmp_path):
+    code, out, err = run_main(capsys, "train", "--arch", "sdnet18", "--dataset", "digits", "--lambda", "-1",
+                              "--out", tmp_path / "x")
+    assert_user_error(code, out, err, "lambda")
     assert not (tmp_path / "x").exists()
 
 

@@ -114,11 +114,11 @@ def test_missing_cifar10_c_folder(checkpoint, tmp_path, store_with_a_row):
     assert store.read_bytes() == before
 
 
-def test_generated_suite_options_are_refused_for_stored_suites(checkpoint, tmp_path, store_with_a_row):
+def test_generated_suite_options_are_refused_for_stored_suites(capsys, checkpoint, tmp_path, store_with_a_row):
     store, before = store_with_a_row
-    proc = cli("evaluate", "--checkpoint", checkpoint, "--suite", "cifar10-c", "--profile", "imagenet",
-               "--data-root", tmp_path, "--store", store)
-    assert_user_error(proc.returncode, proc.stdout, proc.stderr, "--profile", "--suite generated")
+    code, out, err = run_main(capsys, "evaluate", "--checkpoint", checkpoint, "--suite", "cifar10-c", "--profile",
+                              "imagenet", "--data-root", tmp_path, "--store", store)
+    assert_user_error(code, out, err, "--profile", "--suite generated")
     assert store.read_bytes() == before
 
 
@@ -132,38 +132,43 @@ def test_generated_suite_options_are_refused_for_stored_suites(checkpoint, tmp_p
         (["--lambda", "-1"], ["lambda '-1'"]),
     ],
 )
-def test_bad_selection_is_one_line_and_touches_nothing(checkpoint, tmp_path, store_with_a_row, options, fragments):
+def test_bad_selection_is_one_line_and_touches_nothing(capsys, checkpoint, tmp_path, store_with_a_row, options,
+                                                       fragments):
+    # In this process (main() is what the console script runs; test_missing_cifar10_c_folder runs the script).
     store, before = store_with_a_row
-    proc = cli("evaluate", "--checkpoint", checkpoint, "--suite", "generated", "--store", store, *options)
-    assert_user_error(proc.returncode, proc.stdout, proc.stderr, *fragments)
+    code, out, err = run_main(capsys, "evaluate", "--checkpoint", checkpoint, "--suite", "generated", "--store", store,
+                              *options)
+    assert_user_error(code, out, err, *fragments)
     assert store.read_bytes() == before
     # a store that did not exist is not created by a refused call
     fresh = tmp_path / "fresh.sqlite"
-    proc = cli("evaluate", "--checkpoint", checkpoint, "--suite", "generated", "--store", fresh, *options)
-    assert proc.returncode == 2 and not fresh.exists()
+    code, out, err = run_main(capsys, "evaluate", "--checkpoint", checkpoint, "--suite", "generated", "--store", fresh,
+                              *options)
+    assert code == 2 and not fresh.exists()
 
 
-def test_lambda_on_a_model_without_csc_layers(tmp_path):
+def test_lambda_on_a_model_without_csc_layers(capsys, tmp_path):
     resnet = save_checkpoint(tmp_path / "resnet.safetensors", create_model("resnet18", width=4), dataset="digits")
     store = tmp_path / "fresh.sqlite"
-    proc = cli("evaluate", "--checkpoint", resnet, *GENERATED, "--store", store, "--lambda", "0.5")
-    assert_user_error(proc.returncode, proc.stdout, proc.stderr, "without CSC layers", "--lambda")
+    code, out, err = run_main(capsys, "evaluate", "--checkpoint", resnet, *GENERATED, "--store", store, "--lambda", "0.5")
+    assert_user_error(code, out, err, "without CSC layers", "--lambda")
     assert not store.exists()
 
 
-def test_class_count_mismatch(checkpoint, tmp_path, store_with_a_row):
+def test_class_count_mismatch(capsys, checkpoint, tmp_path, store_with_a_row):
     store, before = store_with_a_row
-    proc = cli("evaluate", "--checkpoint", checkpoint, "--suite", "cifar100-c", "--data-root", tmp_path, "--store", store)
-    assert_user_error(proc.returncode, proc.stdout, proc.stderr, "10 classes", "cifar100-c has 100")
+    code, out, err = run_main(capsys, "evaluate", "--checkpoint", checkpoint, "--suite", "cifar100-c", "--data-root",
+                              tmp_path, "--store", store)
+    assert_user_error(code, out, err, "10 classes", "cifar100-c has 100")
     assert store.read_bytes() == before
 
 
-def test_store_that_is_a_text_file(checkpoint, tmp_path):
+def test_store_that_is_a_text_file(capsys, checkpoint, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a database\n")
     before = text.read_bytes()
-    proc = cli("evaluate", "--checkpoint", checkpoint, *GENERATED, "--store", text)
-    assert_user_error(proc.returncode, proc.stdout, proc.stderr, "not a robust-csc results store")
+    code, out, err = run_main(capsys, "evaluate", "--checkpoint", checkpoint, *GENERATED, "--store", text)
+    assert_user_error(code, out, err, "not a robust-csc results store")
     assert text.read_bytes() == before
 
 
