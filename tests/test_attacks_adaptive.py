@@ -189,3 +189,27 @@ def test_a_gradient_masking_policy_fools_the_plain_attack_but_not_bpda(digits_sd
     assert result.worst_case[EPS] <= bpda
     check = result.checks["adaptive_attacks"]
     assert not check["passed"] and "gradients are masked" in check["detail"]
+
+
+def test_fixed_mode_gives_each_anchor_the_lambda_the_rule_chose_for_it(digits_sdnet, points):
+    """BPDA-fixed's anchors over several chunks: each clean anchor gets the lambda the deployed rule picks for it
+    alone (the reference: the full rule on one image at a time)."""
+    model = digits_sdnet["model"]
+    images = points[0][:10]
+    full = recon_policy(model, images).wrap(model)
+    with torch.no_grad():
+        expected = []
+        for image in images:
+            full(image[None])
+            expected.append(float(full.last_lambda[0]))
+    fixed = ReconLambdaModel(full.model, slope=full.slope, intercept=full.intercept, clip=(full.lo, full.hi),
+                             reference=full.reference, layers=full.layers, per=full.per)
+    fixed._remember_anchors(images, chunk=3)  # 4 chunks: 3 + 3 + 3 + 1 anchors
+    stem_inputs = []
+    hook = fixed.stem.register_forward_pre_hook(lambda m, a: None if fixed._busy else stem_inputs.append(a[0]))
+    with torch.no_grad():
+        fixed(images)
+    hook.remove()
+    got = fixed.anchor_lambdas(stem_inputs[0])
+    assert len(got) == len(images) and len(set(expected)) > 3  # the rule picks different lambdas for these digits
+    assert got.tolist() == pytest.approx(expected, abs=1e-6)

@@ -122,7 +122,10 @@ class ReconLambdaModel(nn.Module):
         inputs: list[Tensor] = []
 
         def grab(module: nn.Module, args: tuple) -> None:
-            inputs.append(args[0].detach())
+            # Not the rule's own inner stem call at the reference lambda: one key per anchor image, in the
+            # order of the chosen lambdas (keys counted twice sent anchors past the first chunk out of range).
+            if not self._busy:
+                inputs.append(args[0].detach())
 
         chosen = []
         handle = self.stem.register_forward_pre_hook(grab)  # before the rule's own hook: sees the stem input
