@@ -460,3 +460,29 @@ def test_an_earlier_report_is_replaced_only_when_the_new_one_is_complete(tmp_pat
     write_report(store, out)
     assert "sdnet18" in (out / "index.html").read_text().split("</h1>")[0]
     assert leftovers(tmp_path) == ["report", "small.sqlite"]
+
+
+def test_epsilon_plot_leaves_out_check_cells_and_marks_a_single_budget(demo, tmp_path):
+    """A sanity check's cell (it attacks only the points the others left robust) is no line of its own, and an
+    attack run at one budget (AutoAttack at 8/255) is a marker, not a line drawn from the clean point across."""
+    import shutil
+
+    from test_reports_store import correct_of, outcomes
+
+    store = tmp_path / "results.sqlite"
+    shutil.copyfile(demo[0], store)
+    n, eps = 100, EPSILONS[-1]
+    with ResultsStore(store) as results:
+        for attack, correct in (("pgd-40x2~check:Linf", 93), ("autoattack-standard:Linf", 1)):
+            results.add(CellKey("resnet18", RESNET_SHA, "digits", "test[:100]", attack=attack, epsilon=eps),
+                        {"n": n, "correct": correct, "seconds": 1.0,
+                         "extra": {"seed": 0, "clean_correct": correct_of(0.95, n)},
+                         "outcomes": outcomes(correct, n, "resnet18", eps, attack)})
+        cells = Cells.from_frame(results.to_frame())
+    figures = build_report(cells, tmp_path / "report", keep_figures=True).figures
+    lines = next(f for name, f in figures.items() if name.startswith("epsilon__")).axes[0].lines
+    labels = [line.get_label() for line in lines]
+    assert len(lines) == 7 and not any("check" in label for label in labels)  # 2 x (fgsm, pgd, worst case) + AA
+    marker = next(line for line in lines if "AutoAttack" in line.get_label())
+    assert len(marker.get_xdata()) == 1 and marker.get_linestyle() == "None"
+    assert round(marker.get_xdata()[0] * 255) == 8 and marker.get_ydata()[0] == pytest.approx(1.0)
