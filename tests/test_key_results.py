@@ -169,3 +169,29 @@ def test_console_text_is_the_reports_numbers(tmp_path):
     assert f"{clean * 100:.1f} [" in row
     assert any(line.startswith("  Δ sdnet18, trained λ vs resnet18, trained λ: corruptions ") for line in lines)
     assert any("resnet18 has the higher mean corruption accuracy" in line for line in lines)
+
+
+def test_an_unfinished_row_gets_no_mean_and_no_difference_and_is_said_so(tmp_path):
+    """A setting whose run stopped part-way (tent on 2 of the 4 cells): a mean over its cells would be a mean over
+    other corruptions than its reference's, so its mean and difference are left out and the footnote says why."""
+    from robust_csc.reports.key_results import footnote, key_frame
+
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path) as store:
+        add_cells(store, "sdnet18", lambda c, s: 0.90 - (0.3 if c == "fog" else 0.05) * s)
+        add_cells(store, "sdnet18", lambda c, s: 0.90 - 0.02 * s, lam=TENT)
+    with ResultsStore(path) as store:
+        frame = store.to_frame()
+    keep = ~((frame["lambda_setting"] == TENT) & (frame["corruption"] == "fog"))  # as if it stopped before fog
+    cells = Cells.from_frame(frame[keep].reset_index(drop=True))
+    (evaluation,) = evaluations(cells)
+    tent = next(r for r in evaluation.rows if r.setting == TENT)
+    trained = next(r for r in evaluation.rows if r.setting == "trained")
+    assert (tent.missing, trained.missing) == (2, 0)
+    assert np.isnan(tent.mean_corruption()) and tent.delta_corruption is None
+    assert trained.mean_corruption() == pytest.approx(np.mean([0.85, 0.80, 0.60, 0.30]))
+    table, _, _ = key_frame(evaluation)
+    row = table[table["lambda_setting"] == TENT].iloc[0]
+    assert np.isnan(row["corruptions"]) and np.isnan(row["corruptions low"]) and np.isnan(row["Δ corruptions"])
+    assert "Not finished: sdnet18, tent" in footnote(evaluation) and "2 of 4 corruption cells" in footnote(evaluation)
+    assert not any("raises it" in s for s in key_sentences(evaluation))  # no claim from the unfinished row

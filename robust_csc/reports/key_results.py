@@ -81,6 +81,7 @@ class KeyRow:
     reference: "KeyRow | None" = None
     delta_corruption: object = None  # Difference or None
     delta_robust: object = None
+    missing: int = 0  # corruption cells of the evaluation this row has not stored (a run not finished)
 
     @property
     def label(self) -> str:
@@ -98,8 +99,10 @@ class KeyRow:
         return self.rows[self.rows["corruption"] != CLEAN]
 
     def mean_corruption(self) -> float:
+        """The mean over the evaluation's cells; NaN while some are missing (a mean over fewer cells would be a
+        mean over other corruptions than its neighbours' and its reference's)."""
         values = self.corrupted()["accuracy"].dropna()
-        return math.fsum(values) / len(values) if len(values) else math.nan
+        return math.fsum(values) / len(values) if len(values) and not self.missing else math.nan
 
 
 @dataclass
@@ -198,6 +201,11 @@ def evaluations(cells: Cells, baseline: str | None = None) -> list[Evaluation]:
     return out
 
 
+def _cell_set(row: KeyRow) -> set:
+    corrupted = row.corrupted()
+    return set(zip(corrupted["corruption"], corrupted["severity"].astype(int)))
+
+
 def _row_order(row: KeyRow, baseline: str | None) -> tuple:
     return (row.model != baseline, row.model, row.sha, lambda_order(row.setting))
 
@@ -206,6 +214,9 @@ def _finish(evaluation: Evaluation) -> Evaluation:
     """Order the rows, fix the epsilon columns and the headline, pair every row with its reference."""
     rows = sorted(evaluation.rows, key=lambda r: _row_order(r, evaluation.baseline))
     evaluation.rows = rows
+    every_cell = {cell for r in rows for cell in _cell_set(r)}
+    for row in rows:
+        row.missing = len(every_cell - _cell_set(row)) if not row.rows.empty else 0
     keys = sorted({key for r in rows for key in r.robust}, key=lambda k: (k[0], k[1]))
     evaluation.columns = keys
     if keys:
@@ -224,7 +235,7 @@ def _finish(evaluation: Evaluation) -> Evaluation:
             row.reference = next((r for r in rows if r.model == reference_model and r.setting == TRAINED), None)
         if row.reference is None:
             continue
-        if not row.rows.empty and not row.reference.rows.empty:
+        if not row.rows.empty and not row.reference.rows.empty and not row.missing and not row.reference.missing:
             row.delta_corruption = paired_difference(row.corrupted(), row.reference.corrupted())
         headline = evaluation.headline
         if headline and headline in row.robust and headline in row.reference.robust:
@@ -264,7 +275,8 @@ def key_frame(evaluation: Evaluation, mce: dict | None = None) -> tuple[pd.DataF
         corrupted = row.corrupted()
         record["corruption cells"] = len(corrupted) if len(corrupted) else math.nan
         record["corruptions"] = row.mean_corruption()
-        record["corruptions low"], record["corruptions high"] = accuracy_bounds(corrupted)
+        record["corruptions low"], record["corruptions high"] = (
+            accuracy_bounds(corrupted) if not row.missing else (math.nan, math.nan))
         figures = (mce or {}).get((row.model, row.sha, row.setting), {})
         record["mCE"] = figures.get("mce", math.nan)
         record["mCE low"], record["mCE high"] = figures.get("mce low", math.nan), figures.get("mce high", math.nan)
@@ -337,6 +349,11 @@ def footnote(evaluation: Evaluation) -> str:
     if evaluation.headline:
         head = (f" Δ: the paired difference to the row's reference (compared with) on the same images, in mean "
                 f"corruption accuracy and in robust accuracy at {robust_column(*evaluation.headline)}.")
+    unfinished = [f"{row.name} has {len(row.corrupted())} of {len(row.corrupted()) + row.missing}"
+                  for row in evaluation.rows if row.missing]
+    if unfinished:  # said, not hidden: the mean is left out until the run is finished
+        head += (f" Not finished: {'; '.join(unfinished)} corruption cells in the store, so its mean and difference "
+                 "are left out (run the same evaluate again to finish it).")
     return ("n and attacks — " + "; ".join(parts) + "." + head) if parts else head.strip()
 
 
@@ -371,7 +388,8 @@ def key_sentences(evaluation: Evaluation, limit: int = 3) -> list[str]:
     trained_pairs = [r for r in evaluation.rows if r.setting == TRAINED and r.reference is not None]
     for row in trained_pairs[:2]:  # models against the reference model
         ref = row.reference
-        if row.delta_corruption is not None or (not row.rows.empty and not ref.rows.empty):
+        if not row.missing and not ref.missing and (row.delta_corruption is not None or
+                                                    (not row.rows.empty and not ref.rows.empty)):
             sentences.append(_pair_sentence("mean corruption accuracy", row.model, ref.model, row.mean_corruption(),
                                             ref.mean_corruption(), row.delta_corruption, where))
         if evaluation.headline and evaluation.headline in row.robust and evaluation.headline in ref.robust:
