@@ -162,6 +162,9 @@ def test_demo_quick(capsys, tmp_path):
     assert (out_dir / "noise_curve.png").is_file()
     last = out.strip().splitlines()[-1]
     assert last == f"report: {out_dir / 'report' / 'index.html'}"
+    # the console ends with the key results, and no library warning leaks through (torch's CUDA one did)
+    assert "key results (the report's first table)" in out and "mean corruption accuracy" in out
+    assert "Warning" not in err and "No CUDA runtime" not in err, err
     assert (out_dir / "report" / "index.html").stat().st_size > 10_000
 
     from robust_csc.evaluation.store import ResultsStore
