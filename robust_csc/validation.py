@@ -202,11 +202,12 @@ def check_device(device: str | None, option: str = "--device") -> str | None:
 # ---------------------------------------------------------------- model outputs
 
 
-def refuse_nonfinite_outputs(logits: Any, where: str) -> None:
-    """Refuse NaN or infinite logits before a result computed from them is stored."""
-    import torch
+def refuse_nonfinite_outputs(all_finite: Any, where: str) -> None:
+    """Refuse a result before it is stored when its logits were not all finite.
 
-    if not bool(torch.isfinite(logits).all()):
+    all_finite: a bool, or a 0-d bool tensor the caller accumulated on the device (read here once, so a
+    per-batch loop need not wait for the device every batch)."""
+    if not bool(all_finite):
         raise RobustCSCError(
             f"the model returned NaN or infinite outputs for {where}, so no accuracy was stored; "
             "check the checkpoint's weights and use a smaller lambda"

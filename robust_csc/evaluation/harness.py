@@ -197,6 +197,7 @@ def _run_cell(
     index_parts: list[torch.Tensor] = []
     recon = torch.zeros((), dtype=torch.float64, device=device)
     density = torch.zeros((), dtype=torch.float64, device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
     extra: dict[str, Any] = {}
     with torch.inference_mode(not getattr(cell.setting, "needs_grad", False)):  # tent takes gradient steps
         stats = record_stats(model, layers="stem") if stem_stats else nullcontext()
@@ -215,7 +216,7 @@ def _run_cell(
                 images = images.to(device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(device, non_blocking=True)
                 logits = run(images)
-                refuse_nonfinite_outputs(logits, f"cell {cell.corruption} {cell.severity} at lambda {cell.setting.name}")
+                finite &= torch.isfinite(logits).all()
                 right = logits.argmax(dim=1) == labels
                 correct += right.sum()
                 flag_parts.append(right)
@@ -228,6 +229,7 @@ def _run_cell(
             describe = getattr(cell.setting, "cell_extra", None)  # tuned policies say what they chose
             if describe is not None:
                 extra = dict(describe(cell.corruption, cell.severity, applied))
+    refuse_nonfinite_outputs(finite, f"cell {cell.corruption} {cell.severity} at lambda {cell.setting.name}")
     flags = torch.cat(flag_parts).cpu() if flag_parts else torch.zeros(0, dtype=torch.bool)
     index = torch.cat(index_parts) if index_parts else torch.zeros(0, dtype=torch.int64)
     values: dict[str, Any] = {"n": n, "correct": int(correct.item()), "extra": extra,
