@@ -26,6 +26,7 @@ import pandas as pd
 
 from robust_csc.corruptions.names import ALL
 from robust_csc.errors import RobustCSCError
+from robust_csc.evaluation.noise_curve import LEVEL_MARK  # a noise curve's cell: corruption "gaussian_noise@0.1"
 from robust_csc.lambdas import LambdaSetting
 
 SERIES_COLUMNS = ("model", "checkpoint_sha256", "dataset", "split", "lambda_setting")
@@ -33,7 +34,6 @@ CLEAN = "none"
 TRAINED = "trained"
 POLICY_PREFIX = "policy:"
 WORST_CASE = "worst-case"
-LEVEL_MARK = "@"  # a noise curve's cell: corruption f"{kind}_noise@{level!r}" (robust_csc.evaluation.noise_curve)
 
 _TUNE = re.compile(r"^(?P<base>.*):tune:s(?P<seed>\d+)$")
 _REPORT = re.compile(r"^(?P<base>.*):report:s(?P<seed>\d+)$")

@@ -22,9 +22,9 @@ import contextvars
 import math
 from typing import Iterator, Mapping
 
+from robust_csc.reports.cells import POLICY_PREFIX, TRAINED
+
 _POLICIES: contextvars.ContextVar[dict] = contextvars.ContextVar("robust_csc_report_policies", default={})
-POLICY_PREFIX = "policy:"
-TRAINED = "trained"
 
 
 # ---------------------------------------------------------------- numbers
