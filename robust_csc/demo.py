@@ -242,7 +242,7 @@ def _print_attack(results: dict, echo: Callable[[str], None]) -> None:
 
 def _attack_policy(results: dict, out_dir: Path, quick: bool, progress: bool) -> dict:
     """PGD on the label-free rule's reporting split, adaptive attacks included, and on the trained lambda there."""
-    from robust_csc.attacks import attack_checkpoint
+    from robust_csc.attacks import attack_policy_beside_trained
     from robust_csc.models.checkpoints import checkpoint_hash
     from robust_csc.tuning import load_policy
 
@@ -250,15 +250,11 @@ def _attack_policy(results: dict, out_dir: Path, quick: bool, progress: bool) ->
     policy = load_policy(results["tune"]["policy"], checkpoint_hash(checkpoint))
     n = QUICK_POLICY_ATTACK_IMAGES if quick else POLICY_ATTACK_IMAGES
     epsilons = QUICK_ATTACK_EPSILONS if quick else POLICY_ATTACK_EPSILONS
-    out = {"images": n}
-    for name, setting in (("policy", policy), ("trained", None)):
-        # The trained lambda on the same points: attack_checkpoint names the split after the policy's reporting split.
-        out[name] = attack_checkpoint(
-            checkpoint, store=out_dir / STORE_NAME, attacks=("pgd",), norm="Linf", epsilons=epsilons,
-            n_examples=n, lambda_setting=policy if setting is not None else None, progress=progress,
-            **({} if setting is not None else {"points_of": policy}),
-        )
-    return out
+    under_policy, trained = attack_policy_beside_trained(
+        checkpoint, policy, store=out_dir / STORE_NAME, attacks=("pgd",), norm="Linf", epsilons=epsilons,
+        n_examples=n, progress=progress,
+    )
+    return {"images": n, "policy": under_policy, "trained": trained}
 
 
 def _print_policy_attack(results: dict, echo: Callable[[str], None]) -> None:

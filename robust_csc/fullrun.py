@@ -147,11 +147,11 @@ def model_pipeline(arch: str, dataset: str, out: str, suite_dir: str, data_root:
     started = _stage(log, "test-time baselines on the noise cells' reporting half", started)
 
     if policy is not None:
-        for setting in (policy, None):
-            result = attack_checkpoint(checkpoint, store=store, attacks=("pgd",), norm="Linf",
-                                       epsilons=POLICY_ATTACK_EPSILONS, n_examples=sizes.policy_attack_points,
-                                       lambda_setting=setting, batch_size=250,
-                                       **({} if setting is not None else {"points_of": policy}))
+        from robust_csc.attacks import attack_policy_beside_trained
+
+        for result in attack_policy_beside_trained(checkpoint, policy, store=store, attacks=("pgd",), norm="Linf",
+                                                   epsilons=POLICY_ATTACK_EPSILONS,
+                                                   n_examples=sizes.policy_attack_points, batch_size=250):
             for line in result.lines():
                 log(f"  {line}")
         started = _stage(log, "the recon rule under attack, adaptive attacks included", started)

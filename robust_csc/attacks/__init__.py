@@ -37,7 +37,7 @@ Anything weaker than the full standard AutoAttack is labelled an upper bound.
 """
 
 from robust_csc.attacks.adapters import AutoAttackAdapter, TorchattacksAdapter, build_autoattack, make_adapter
-from robust_csc.attacks.checkpoint import attack_checkpoint, load_test_images
+from robust_csc.attacks.checkpoint import attack_checkpoint, attack_policy_beside_trained, load_test_images
 from robust_csc.attacks.runner import AttackResult, format_epsilon, judge, run_attacks, worst_case_key
 from robust_csc.attacks.specs import AttackSpec, as_specs, check_epsilons, check_norm, make_spec, parse_attack
 
@@ -48,6 +48,7 @@ __all__ = [
     "TorchattacksAdapter",
     "as_specs",
     "attack_checkpoint",
+    "attack_policy_beside_trained",
     "build_autoattack",
     "check_epsilons",
     "check_norm",

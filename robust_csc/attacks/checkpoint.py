@@ -105,6 +105,13 @@ def attack_checkpoint(
     )
 
 
+def attack_policy_beside_trained(path: str | Path, policy: Any, **kwargs: Any) -> tuple[AttackResult, AttackResult]:
+    """(the tuned policy attacked on its reporting split, adaptive attacks included; the trained lambdas attacked
+    on the same points): a paired comparison.  Keywords go to attack_checkpoint."""
+    under_policy = attack_checkpoint(path, lambda_setting=policy, points_of=policy, **kwargs)
+    return under_policy, attack_checkpoint(path, lambda_setting=None, points_of=policy, **kwargs)
+
+
 def policy_points(policy: Any, dataset: str, root: str | Path | None, n_examples: int | None):
     """(images, labels, test-set indices, split name) of a policy's reporting split, its first n_examples."""
     whole = int(policy.meta["suite"]["images_per_cell"])
@@ -122,4 +129,4 @@ def policy_points(policy: Any, dataset: str, root: str | Path | None, n_examples
     return images[position], labels[position], report, split
 
 
-__all__ = ["attack_checkpoint", "load_test_images", "policy_points"]
+__all__ = ["attack_checkpoint", "attack_policy_beside_trained", "load_test_images", "policy_points"]
